@@ -1,0 +1,133 @@
+"""What every model adapter provides, and the splice shared by placeholder-run models.
+
+An adapter is the only code that knows a transformers model's module paths. It
+
+1. runs the vision tower with probes and returns :class:`Encoded` (features, layout, signals),
+2. rebuilds the model's own feature output with only the kept tokens, and
+3. splices the prompt: shrinks the placeholder runs and gathers every sequence-aligned input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vtr.splice import gather_columns, kept_columns, padding_side
+from vtr.visual import VisualTokens
+
+#: inputs aligned with the prompt's columns, gathered with the kept columns (with their pad value)
+SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
+
+
+@dataclass
+class Encoded:
+    """One modality's encoded visual input.
+
+    Attributes:
+        modality: the key of ``mm_encoder_outputs`` (``"image"`` or ``"video"``).
+        visual: features, layout and signals handed to the reducer.
+        outputs: the model's own ``get_*_features`` output, reused for the reduced call.
+    """
+
+    modality: str
+    visual: VisualTokens
+    outputs: Any
+
+
+class Adapter:
+    """Base class of model adapters. Subclasses set ``family``/``model_classes`` and implement
+    :meth:`encode` and :meth:`reduced_outputs`."""
+
+    family: str = "?"
+    model_classes: tuple[str, ...] = ()
+    #: visual inputs this family accepts, by keyword
+    visual_inputs: tuple[str, ...] = ("pixel_values",)
+    #: visual keywords of other families, mapped to why they are rejected here
+    rejected_inputs: dict[str, str] = {}
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: torch.nn.Module) -> bool:
+        return type(model).__name__ in cls.model_classes
+
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.text_config, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.model.generation_config, "pad_token_id", None)
+        return int(pad) if pad is not None else 0
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def check_inputs(self, kwargs: dict) -> None:
+        """Reject inputs this family cannot take, before anything runs."""
+        for key, why in self.rejected_inputs.items():
+            if kwargs.get(key) is not None:
+                raise ValueError(f"{key!r} is not supported by {self.family!r} models: {why}")
+        has_visual = any(kwargs.get(k) is not None for k in self.visual_inputs)
+        if has_visual and kwargs.get("input_ids") is None:
+            raise ValueError(
+                "a patched model needs input_ids (not inputs_embeds) alongside visual inputs, to find the "
+                "placeholder tokens it shrinks; pass the processor's input_ids"
+            )
+        if has_visual and kwargs.get("mm_encoder_outputs"):
+            raise ValueError("pass either raw visual inputs or mm_encoder_outputs to a patched model, not both")
+
+    def encode(self, kwargs: dict) -> list[Encoded]:
+        """Run the vision side with probes; one :class:`Encoded` per modality present ([] for none)."""
+        raise NotImplementedError
+
+    def reduced_outputs(self, encoded: Encoded, keep: list[torch.Tensor]):
+        """The model's feature output holding only the kept tokens (``keep``: per view, token indices)."""
+        raise NotImplementedError
+
+    # -- splice ---------------------------------------------------------------------------------
+    def default_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor:
+        """The position ids the unpatched model would use for this unreduced prompt, ``(B, N)``."""
+        input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        if for_generate:
+            extra = {"attention_mask": mask} if mask is not None else {}
+            return self.model._prepare_position_ids_for_generation(input_ids, extra).expand(input_ids.shape[0], -1)
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+
+    def splice(
+        self, kwargs: dict, encoded: list[Encoded], keep: list[list[torch.Tensor]], positions: str, for_generate: bool
+    ) -> tuple[dict, list[torch.Tensor]]:
+        """Reduced call kwargs, and per row the kept columns of the caller's prompt.
+
+        ``keep[m][v]``: sorted token indices kept in view ``v`` of modality ``m`` (prefix included).
+        """
+        views = [v for e in encoded for v in e.visual.views]
+        flat_keep = [k for per_modality in keep for k in per_modality]
+        columns = kept_columns(kwargs["input_ids"], views, flat_keep)
+        side = padding_side(kwargs.get("attention_mask"))
+        new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
+        lengths = {len(c) for c in columns}
+        if kwargs.get("attention_mask") is None and len(lengths) > 1:
+            new["attention_mask"] = torch.ones_like(kwargs["input_ids"])  # rows now need padding
+        for key, pad in SEQUENCE_INPUTS.items():
+            if new.get(key) is not None:
+                value = self.pad_token_id if key == "input_ids" else pad
+                new[key] = gather_columns(new[key], columns, value, side)
+        if positions == "original":
+            base = kwargs.get("position_ids")
+            if base is None:
+                base = self.default_position_ids(kwargs, for_generate)
+            new["position_ids"] = self.gather_positions(base, columns, side)
+        else:
+            new.pop("position_ids", None)  # the model numbers the shorter prompt contiguously
+        mm = dict(kwargs.get("mm_encoder_outputs") or {})
+        for e, k in zip(encoded, keep):
+            mm[e.modality] = self.reduced_outputs(e, k)
+        new["mm_encoder_outputs"] = mm
+        return new, columns
+
+    def gather_positions(self, position_ids: torch.Tensor, columns: list[torch.Tensor], side: str) -> torch.Tensor:
+        """Gather ``(B, N)`` position ids (families with 3-D positions override this)."""
+        return gather_columns(position_ids, columns, 0, side)

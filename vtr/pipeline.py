@@ -1,0 +1,81 @@
+"""The path of one patched call: encode → plan → splice → stats.
+
+``reduce_call`` turns the caller's kwargs (full placeholder runs, raw pixels) into the kwargs of a
+reduced call (shorter prompt, pre-computed kept features) and records what it did.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from vtr.flops import prefill_flops
+from vtr.stats import ReductionStats, ViewRecord
+
+
+def validate_plan(plan: list[torch.Tensor], visual, reducer_name: str) -> None:
+    """A reducer must return, per view, sorted unique in-range patch indices."""
+    if len(plan) != len(visual.views):
+        raise RuntimeError(f"reducer {reducer_name!r} returned {len(plan)} plans for {len(visual.views)} views")
+    for index, (kept, view) in enumerate(zip(plan, visual.views)):
+        if kept.ndim != 1 or kept.numel() == 0:
+            raise RuntimeError(f"reducer {reducer_name!r}: view {index} plan must be a non-empty 1-D index tensor")
+        if kept.min() < 0 or kept.max() >= view.n_patches or (kept.numel() > 1 and (kept.diff() <= 0).any()):
+            raise RuntimeError(f"reducer {reducer_name!r}: view {index} indices must be sorted, unique, in [0, {view.n_patches})")
+
+
+def with_prefix(kept_patches: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """Patch indices → token indices of the view, prefix tokens (e.g. a [CLS] feature) always kept."""
+    prefix = torch.arange(n_prefix, device=kept_patches.device)
+    return torch.cat([prefix, kept_patches.long() + n_prefix])
+
+
+def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
+    """Reduced kwargs for the original ``forward``/``generate``; sets ``handle.stats``."""
+    adapter, config = handle.adapter, handle.config
+    adapter.check_inputs(kwargs)
+    config.validate()
+    stats = ReductionStats(reducer=handle.reducer, description=handle.description)
+    start = time.perf_counter()
+    encoded = adapter.encode(kwargs)
+    stats.seconds["vision"] = time.perf_counter() - start
+    if not encoded:  # a text-only call: nothing to reduce
+        handle.stats = stats
+        return kwargs
+
+    start = time.perf_counter()
+    reducer = handle.spec.reducer_class(config)  # built per call: config edits apply from the next call
+    token_keep = []
+    for e in encoded:
+        plan = [p.to(torch.long) for p in reducer.plan(e.visual)]
+        validate_plan(plan, e.visual, handle.reducer)
+        token_keep.append([with_prefix(p, v.n_prefix) for p, v in zip(plan, e.visual.views)])
+        stats.views += [ViewRecord(v.sample, v.grid, p.cpu()) for p, v in zip(plan, e.visual.views)]
+    stats.seconds["select"] = time.perf_counter() - start
+
+    new_kwargs, columns = adapter.splice(kwargs, encoded, token_keep, config.positions, for_generate)
+    record_counts(stats, adapter, kwargs, encoded, token_keep)
+    stats.kept_columns = [c.cpu() for c in columns]
+    handle.stats = stats
+    return new_kwargs
+
+
+def record_counts(stats: ReductionStats, adapter, kwargs, encoded, token_keep) -> None:
+    """Per-sample visual token counts and the analytic prefill FLOPs before and after."""
+    batch = kwargs["input_ids"].shape[0]
+    tokens_in, tokens_out = [0] * batch, [0] * batch
+    for e, keep in zip(encoded, token_keep):
+        for view, kept in zip(e.visual.views, keep):
+            tokens_in[view.sample] += view.n_tokens
+            tokens_out[view.sample] += len(kept)
+    stats.visual_tokens_in, stats.visual_tokens_out = tokens_in, tokens_out
+    stats.stages["pre_llm"] = {"in": list(tokens_in), "out": list(tokens_out)}
+    text_config = adapter.text_config
+    n_layers = text_config.num_hidden_layers
+    stats.visual_tokens_per_layer = [[n] * n_layers for n in tokens_out]
+    mask = kwargs.get("attention_mask")
+    lengths_in = mask.sum(dim=1).tolist() if mask is not None else [kwargs["input_ids"].shape[1]] * batch
+    for b in range(batch):
+        length_out = lengths_in[b] - (tokens_in[b] - tokens_out[b])
+        stats.prefill_flops_before += prefill_flops(text_config, [lengths_in[b]] * n_layers)
+        stats.prefill_flops_after += prefill_flops(text_config, [length_out] * n_layers)

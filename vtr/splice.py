@@ -1,0 +1,86 @@
+"""Shrinking the placeholder runs of a prompt to the kept visual tokens.
+
+Processors expand ``<image>`` into one placeholder id per visual token. After a reducer keeps
+``k`` of a view's ``n`` tokens, the prompt must carry ``k`` placeholders for that view; every
+sequence-aligned tensor (ids, mask, labels, positions) is gathered with the same columns, so
+the LLM sees a consistent, shorter prompt. Rows that end up with different lengths are re-padded
+on the side the caller padded (left when unknown, as generation needs).
+"""
+from __future__ import annotations
+
+import torch
+
+from vtr.visual import View
+
+
+def kept_columns(input_ids: torch.Tensor, views: list[View], keep: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Columns of each row that survive the reduction.
+
+    Views are consumed in order: per row, the placeholders of each token id are matched with the
+    views of that token id, ``view.n_tokens`` placeholders each.
+
+    Args:
+        input_ids: ``(B, N)`` prompt ids with full placeholder runs.
+        views: the views in batch order (row-major, then order of appearance).
+        keep: per view, sorted ``(k_v,)`` indices into the view's tokens (prefix included).
+    Returns:
+        per row, sorted ``(N'_b,)`` int64 column indices into ``input_ids``.
+    """
+    token_ids = sorted({v.token_id for v in views})
+    queues = {t: [i for i, v in enumerate(views) if v.token_id == t] for t in token_ids}
+    columns = []
+    for row_index, row in enumerate(input_ids):
+        is_visual = torch.isin(row, torch.tensor(token_ids, device=row.device))
+        parts = [(~is_visual).nonzero().squeeze(1)]
+        for token_id in token_ids:
+            positions = (row == token_id).nonzero().squeeze(1)
+            offset = 0
+            while offset < len(positions):
+                if not queues[token_id]:
+                    raise ValueError(
+                        f"input_ids row {row_index} has more visual placeholders (id {token_id}) than the "
+                        "visual inputs provide; build the prompt with the model's processor"
+                    )
+                view_index = queues[token_id].pop(0)
+                view = views[view_index]
+                if view.sample != row_index or offset + view.n_tokens > len(positions):
+                    raise ValueError(
+                        f"input_ids row {row_index}: placeholder count (id {token_id}) does not match the "
+                        f"visual inputs ({view.n_tokens} tokens per view); build the prompt with the model's processor"
+                    )
+                parts.append(positions[offset + keep[view_index].to(positions.device)])
+                offset += view.n_tokens
+        columns.append(torch.cat(parts).sort().values)
+    leftover = sum(len(q) for q in queues.values())
+    if leftover:
+        raise ValueError(f"{leftover} visual input(s) have no placeholders in input_ids")
+    return columns
+
+
+def padding_side(attention_mask: torch.Tensor | None) -> str:
+    """``"right"`` when the caller right-padded, else ``"left"``."""
+    if attention_mask is None or attention_mask.shape[1] == 0:
+        return "left"
+    right_padded = bool((attention_mask[:, -1] == 0).any()) and bool((attention_mask[:, 0] != 0).all())
+    return "right" if right_padded else "left"
+
+
+def gather_columns(x: torch.Tensor, columns: list[torch.Tensor], pad_value, side: str, batch_dim: int = 0) -> torch.Tensor:
+    """Gather ``columns[b]`` along the last dim of each row ``b``; pad rows to the longest.
+
+    Args:
+        x: ``(B, N)`` or ``(..., B, N)`` with the batch at ``batch_dim``, sequence last.
+        columns: per row, ``(N'_b,)`` indices.
+    Returns:
+        ``x`` with its last dim replaced by ``max_b N'_b``.
+    """
+    width = max(len(c) for c in columns)
+    rows = []
+    for b, cols in enumerate(columns):
+        row = x.select(batch_dim, b).index_select(-1, cols.to(x.device))
+        missing = width - len(cols)
+        if missing:
+            pad = row.new_full((*row.shape[:-1], missing), pad_value)
+            row = torch.cat([pad, row] if side == "left" else [row, pad], dim=-1)
+        rows.append(row)
+    return torch.stack(rows, dim=batch_dim)

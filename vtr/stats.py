@@ -1,0 +1,63 @@
+"""What the last patched call did: tokens in and out per sample, per stage, per layer, and FLOPs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ViewRecord:
+    """One view's outcome: its batch row, patch grid, and the kept patch indices ``(k,)``."""
+
+    sample: int
+    grid: tuple[int, int]
+    kept: torch.Tensor
+
+
+@dataclass
+class ReductionStats:
+    """Statistics of the last patched ``forward``/``generate`` call.
+
+    Attributes:
+        reducer: reducer name; ``description`` its one-line description (says "adapted" where the
+            signal is a documented substitute).
+        visual_tokens_in / visual_tokens_out: per sample, visual tokens before and after all stages.
+        stages: per stage name (``"pre_llm"``), ``{"in": [...], "out": [...]}`` per sample.
+        visual_tokens_per_layer: per sample, the visual tokens each decoder layer processed.
+        prefill_flops_before / prefill_flops_after: analytic LLM prefill FLOPs summed over samples
+            (see :mod:`vtr.flops`), for the unreduced and the reduced prompt.
+        views: per view, the kept patch indices (for overlays and debugging).
+        kept_columns: per row, the columns of the caller's prompt that the LLM saw, in order; row
+            ``b`` of a patched ``forward``'s logits belongs to ``input_ids[b, kept_columns[b]]``
+            (after any re-padding on the left).
+        seconds: wall time of the vision encoding and of the reducer's selection.
+    """
+
+    reducer: str
+    description: str = ""
+    visual_tokens_in: list[int] = field(default_factory=list)
+    visual_tokens_out: list[int] = field(default_factory=list)
+    stages: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    visual_tokens_per_layer: list[list[int]] = field(default_factory=list)
+    prefill_flops_before: float = 0.0
+    prefill_flops_after: float = 0.0
+    views: list[ViewRecord] = field(default_factory=list)
+    kept_columns: list[torch.Tensor] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flops_ratio(self) -> float:
+        """Reduced / unreduced analytic prefill FLOPs (1.0 when nothing was reduced)."""
+        return self.prefill_flops_after / self.prefill_flops_before if self.prefill_flops_before else 1.0
+
+    @property
+    def keep_ratio(self) -> float:
+        total = sum(self.visual_tokens_in)
+        return sum(self.visual_tokens_out) / total if total else 1.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.reducer}: visual tokens {sum(self.visual_tokens_in)} -> {sum(self.visual_tokens_out)} "
+            f"({self.keep_ratio:.1%} kept), prefill FLOPs x{self.flops_ratio:.3f}"
+        )
