@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	@echo "installing the pinned environment into $(VENV) (a few minutes the first time; log: $(VENV)/pip.log)"
+	$(PY) -m pip install --quiet -r requirements.txt > $(VENV)/pip.log 2>&1 || (tail -40 $(VENV)/pip.log; exit 1)
+	$(PY) -m pip install --quiet --no-deps -e . >> $(VENV)/pip.log 2>&1 || (tail -40 $(VENV)/pip.log; exit 1)
 	$(PY) -c "import torch, torchvision, transformers, vtr; assert torch.__version__.startswith('2.14.1'), torch.__version__"
 	touch $(STAMP)
 
