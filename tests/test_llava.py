@@ -15,8 +15,9 @@ def forward_logits(model, inputs, **kwargs):
 
 
 def generate_steps(model, inputs, n=4):
+    # Random weights may emit the <image> id, which a recompute would read as a placeholder.
     out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True)
+                         return_dict_in_generate=True, suppress_tokens=[model.config.image_token_id])
     return out.sequences, torch.stack(out.logits, dim=1)  # (B, T), (B, n, V)
 
 

@@ -1,0 +1,51 @@
+"""Tiny LLaVA-1.5: CLIP 336 px / patch 14 (576 visual tokens + [CLS]) and a 4-layer Llama."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from vtr.testing.media import chat_prompt, random_image, row_prompt
+from vtr.testing.tokenizer import build_tokenizer
+
+KINDS = ("image",)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build(seed: int, overrides: dict[str, Any]):
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = build_tokenizer()
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  image_size=336, patch_size=14, projection_dim=64)
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision.update(overrides.pop("vision", {}))
+    text.update(overrides.pop("text", {}))
+    grid = vision["image_size"] // vision["patch_size"]
+    settings = dict(image_token_id=tok.image_token_id, vision_feature_layer=-2,
+                    vision_feature_select_strategy="default", image_seq_length=grid * grid,
+                    projector_hidden_act="gelu")
+    settings.update(overrides)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**text), **settings)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    size = vision["image_size"]
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                         image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=vision["patch_size"],
+                               vision_feature_select_strategy=settings["vision_feature_select_strategy"],
+                               num_additional_image_tokens=1)
+    return model, processor
+
+
+def make_inputs(processor, kind: str, seeds: list[int]):
+    """Processor outputs with one row per seed (image and prompt drawn from that seed), left-padded."""
+    images = [random_image(np.random.default_rng(s)) for s in seeds]
+    texts = [chat_prompt(row_prompt(s)) for s in seeds]
+    processor.tokenizer.padding_side = "left"
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
