@@ -13,8 +13,14 @@ from typing import Any
 
 import torch
 
-from vtr.splice import gather_columns, kept_columns, padding_side
+from vtr.splice import Segment, gather_columns, kept_columns, padding_side
 from vtr.visual import VisualTokens
+
+def with_prefix(kept_patches: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """Patch indices → token indices of a view whose first ``n_prefix`` tokens are always kept."""
+    prefix = torch.arange(n_prefix, device=kept_patches.device)
+    return torch.cat([prefix, kept_patches.long() + n_prefix])
+
 
 #: inputs aligned with the prompt's columns, gathered with the kept columns (with their pad value)
 SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
@@ -33,6 +39,11 @@ class Encoded:
     modality: str
     visual: VisualTokens
     outputs: Any
+    segments: list[Segment] | None = None  # None: one segment per view
+
+    def __post_init__(self) -> None:
+        if self.segments is None:
+            self.segments = [Segment(v.sample, v.n_tokens, v.token_id) for v in self.visual.views]
 
 
 class Adapter:
@@ -83,8 +94,16 @@ class Adapter:
         """Run the vision side with probes; one :class:`Encoded` per modality present ([] for none)."""
         raise NotImplementedError
 
+    def segment_keep(self, encoded: Encoded, plan: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-view kept patch indices → per-segment kept token indices (sorted).
+
+        Default: one segment per view, its prefix tokens (e.g. a [CLS] feature) always kept.
+        Adapters whose segments pack several views (AnyRes, video frames) override this.
+        """
+        return [with_prefix(p, v.n_prefix) for p, v in zip(plan, encoded.visual.views)]
+
     def reduced_outputs(self, encoded: Encoded, keep: list[torch.Tensor]):
-        """The model's feature output holding only the kept tokens (``keep``: per view, token indices)."""
+        """The model's feature output holding only the kept tokens (``keep``: per segment, token indices)."""
         raise NotImplementedError
 
     # -- splice ---------------------------------------------------------------------------------
@@ -101,11 +120,11 @@ class Adapter:
     ) -> tuple[dict, list[torch.Tensor]]:
         """Reduced call kwargs, and per row the kept columns of the caller's prompt.
 
-        ``keep[m][v]``: sorted token indices kept in view ``v`` of modality ``m`` (prefix included).
+        ``keep[m][s]``: sorted token indices kept in segment ``s`` of modality ``m``.
         """
-        views = [v for e in encoded for v in e.visual.views]
+        segments = [s for e in encoded for s in e.segments]
         flat_keep = [k for per_modality in keep for k in per_modality]
-        columns = kept_columns(kwargs["input_ids"], views, flat_keep)
+        columns = kept_columns(kwargs["input_ids"], segments, flat_keep)
         side = padding_side(kwargs.get("attention_mask"))
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}

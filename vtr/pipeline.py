@@ -24,12 +24,6 @@ def validate_plan(plan: list[torch.Tensor], visual, reducer_name: str) -> None:
             raise RuntimeError(f"reducer {reducer_name!r}: view {index} indices must be sorted, unique, in [0, {view.n_patches})")
 
 
-def with_prefix(kept_patches: torch.Tensor, n_prefix: int) -> torch.Tensor:
-    """Patch indices → token indices of the view, prefix tokens (e.g. a [CLS] feature) always kept."""
-    prefix = torch.arange(n_prefix, device=kept_patches.device)
-    return torch.cat([prefix, kept_patches.long() + n_prefix])
-
-
 def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     """Reduced kwargs for the original ``forward``/``generate``; sets ``handle.stats``."""
     adapter, config = handle.adapter, handle.config
@@ -49,7 +43,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     for e in encoded:
         plan = [p.to(torch.long) for p in reducer.plan(e.visual)]
         validate_plan(plan, e.visual, handle.reducer)
-        token_keep.append([with_prefix(p, v.n_prefix) for p, v in zip(plan, e.visual.views)])
+        token_keep.append(adapter.segment_keep(e, plan))
         stats.views += [ViewRecord(v.sample, v.grid, p.cpu()) for p, v in zip(plan, e.visual.views)]
     stats.seconds["select"] = time.perf_counter() - start
 
@@ -65,9 +59,9 @@ def record_counts(stats: ReductionStats, adapter, kwargs, encoded, token_keep) -
     batch = kwargs["input_ids"].shape[0]
     tokens_in, tokens_out = [0] * batch, [0] * batch
     for e, keep in zip(encoded, token_keep):
-        for view, kept in zip(e.visual.views, keep):
-            tokens_in[view.sample] += view.n_tokens
-            tokens_out[view.sample] += len(kept)
+        for segment, kept in zip(e.segments, keep):
+            tokens_in[segment.sample] += segment.n_tokens
+            tokens_out[segment.sample] += len(kept)
     stats.visual_tokens_in, stats.visual_tokens_out = tokens_in, tokens_out
     stats.stages["pre_llm"] = {"in": list(tokens_in), "out": list(tokens_out)}
     text_config = adapter.text_config

@@ -10,24 +10,35 @@ from __future__ import annotations
 
 import torch
 
-from vtr.visual import View
+from dataclasses import dataclass
 
 
-def kept_columns(input_ids: torch.Tensor, views: list[View], keep: list[torch.Tensor]) -> list[torch.Tensor]:
+@dataclass(frozen=True)
+class Segment:
+    """A run of ``n_tokens`` placeholders (id ``token_id``) in batch row ``sample``: the tokens of one
+    image or video as the model packs them. A segment holds one view (LLaVA-1.5) or several
+    (AnyRes crops, video frames); adapters map per-view plans to per-segment token indices."""
+
+    sample: int
+    n_tokens: int
+    token_id: int
+
+
+def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[torch.Tensor]) -> list[torch.Tensor]:
     """Columns of each row that survive the reduction.
 
-    Views are consumed in order: per row, the placeholders of each token id are matched with the
-    views of that token id, ``view.n_tokens`` placeholders each.
+    Segments are consumed in order: per row, the placeholders of each token id are matched with the
+    segments of that token id, ``segment.n_tokens`` placeholders each.
 
     Args:
         input_ids: ``(B, N)`` prompt ids with full placeholder runs.
-        views: the views in batch order (row-major, then order of appearance).
-        keep: per view, sorted ``(k_v,)`` indices into the view's tokens (prefix included).
+        segments: in batch order (row-major, then order of appearance).
+        keep: per segment, sorted ``(k_s,)`` indices into the segment's tokens.
     Returns:
         per row, sorted ``(N'_b,)`` int64 column indices into ``input_ids``.
     """
-    token_ids = sorted({v.token_id for v in views})
-    queues = {t: [i for i, v in enumerate(views) if v.token_id == t] for t in token_ids}
+    token_ids = sorted({v.token_id for v in segments})
+    queues = {t: [i for i, v in enumerate(segments) if v.token_id == t] for t in token_ids}
     columns = []
     for row_index, row in enumerate(input_ids):
         is_visual = torch.isin(row, torch.tensor(token_ids, device=row.device))
@@ -41,15 +52,15 @@ def kept_columns(input_ids: torch.Tensor, views: list[View], keep: list[torch.Te
                         f"input_ids row {row_index} has more visual placeholders (id {token_id}) than the "
                         "visual inputs provide; build the prompt with the model's processor"
                     )
-                view_index = queues[token_id].pop(0)
-                view = views[view_index]
-                if view.sample != row_index or offset + view.n_tokens > len(positions):
+                segment_index = queues[token_id].pop(0)
+                segment = segments[segment_index]
+                if segment.sample != row_index or offset + segment.n_tokens > len(positions):
                     raise ValueError(
                         f"input_ids row {row_index}: placeholder count (id {token_id}) does not match the "
-                        f"visual inputs ({view.n_tokens} tokens per view); build the prompt with the model's processor"
+                        f"visual inputs ({segment.n_tokens} tokens per segment); build the prompt with the model's processor"
                     )
-                parts.append(positions[offset + keep[view_index].to(positions.device)])
-                offset += view.n_tokens
+                parts.append(positions[offset + keep[segment_index].to(positions.device)])
+                offset += segment.n_tokens
         columns.append(torch.cat(parts).sort().values)
     leftover = sum(len(q) for q in queues.values())
     if leftover:
