@@ -44,6 +44,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
         plan = [p.to(torch.long) for p in reducer.plan(e.visual)]
         validate_plan(plan, e.visual, handle.reducer)
         token_keep.append(adapter.segment_keep(e, plan))
+        stats.notes += [n for n in e.visual.notes if n not in stats.notes]
         stats.views += [ViewRecord(v.sample, v.grid, p.cpu()) for p, v in zip(plan, e.visual.views)]
     stats.seconds["select"] = time.perf_counter() - start
 

@@ -32,6 +32,8 @@ class ReductionStats:
             ``b`` of a patched ``forward``'s logits belongs to ``input_ids[b, kept_columns[b]]``
             (after any re-padding on the left).
         seconds: wall time of the vision encoding and of the reducer's selection.
+        notes: deviations that applied to this call, e.g. an "adapted" substitute signal on a
+            vision tower without [CLS]; ``adapted`` is True when there are any.
     """
 
     reducer: str
@@ -45,6 +47,12 @@ class ReductionStats:
     views: list[ViewRecord] = field(default_factory=list)
     kept_columns: list[torch.Tensor] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def adapted(self) -> bool:
+        """True when a signal was a documented substitute (e.g. no [CLS] token); see ``notes``."""
+        return bool(self.notes)
 
     @property
     def flops_ratio(self) -> float:
@@ -57,7 +65,8 @@ class ReductionStats:
         return sum(self.visual_tokens_out) / total if total else 1.0
 
     def summary(self) -> str:
+        label = f"{self.reducer} (adapted)" if self.adapted else self.reducer
         return (
-            f"{self.reducer}: visual tokens {sum(self.visual_tokens_in)} -> {sum(self.visual_tokens_out)} "
+            f"{label}: visual tokens {sum(self.visual_tokens_in)} -> {sum(self.visual_tokens_out)} "
             f"({self.keep_ratio:.1%} kept), prefill FLOPs x{self.flops_ratio:.3f}"
         )
