@@ -27,17 +27,22 @@ def astronaut():
     return Image.fromarray(data.astronaut())
 
 
-def timed_generate(model, inputs, repeats: int = REPEATS) -> tuple[object, float]:
-    """Greedy ``generate`` output ``(1, prompt + new)`` and its best wall time over ``repeats`` runs."""
+def timed_generate(model, inputs, repeats: int = REPEATS):
+    """Greedy ``generate`` over ``repeats`` runs: output ``(1, prompt + new)``, the best wall time,
+    and that run's ``model.vtr.stats`` (``None`` unpatched), so all printed timings are one run's."""
     import torch
 
-    best = float("inf")
+    import vtr
+
+    best, best_stats = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        best = min(best, time.perf_counter() - start)
-    return output, best
+        seconds = time.perf_counter() - start
+        if seconds < best:
+            best, best_stats = seconds, model.vtr.stats if vtr.is_patched(model) else None
+    return output, best, best_stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0].strip()
 
     timed_generate(model, inputs, repeats=1)  # warm-up: first-call overheads would otherwise land on the baseline
-    baseline, seconds = timed_generate(model, inputs)
+    baseline, seconds, _ = timed_generate(model, inputs)
     n_visual = int((inputs["input_ids"] == model.config.image_token_id).sum())
     print(f"question: {QUESTION!r}   (generate: best of {REPEATS}, {MAX_NEW_TOKENS} new tokens)")
-    print(f"unpatched            visual tokens {n_visual:>4}  generate {seconds:.3f} s  answer: {answer(baseline)!r}")
+    print(f"unpatched            visual tokens {n_visual:>4}          generate {seconds:.3f} s  answer: {answer(baseline)!r}")
 
     view = inputs["pixel_values"][0]  # (3, 336, 336): what the vision tower saw
     norm = dict(mean=image_processor.image_mean, std=image_processor.image_std,
@@ -80,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     titles = [f"model input ({source.width} px)"]
     for keep in KEEPS:
         with vtr.patched(model, "fastervlm", keep=keep):
-            output, seconds = timed_generate(model, inputs)
-            stats = model.vtr.stats
+            output, seconds, stats = timed_generate(model, inputs)
         record = stats.views[0]
         print(
-            f"fastervlm keep={keep:<5}  visual tokens {sum(stats.visual_tokens_in)} -> {sum(stats.visual_tokens_out):<4}"
+            f"fastervlm keep={keep:<5} visual tokens {sum(stats.visual_tokens_in):>4} -> {sum(stats.visual_tokens_out):<4} "
             f"generate {seconds:.3f} s  (vision {stats.seconds['vision']:.3f} s, select {stats.seconds['select'] * 1e3:.1f} ms)"
             f"  prefill FLOPs x{stats.flops_ratio:.3f}  answer: {answer(output)!r}"
         )
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         pictures.append(overlay(view, record.grid, record.kept, path, outline=(255, 220, 0), scale=2, **norm))
         titles.append(f"fastervlm keep={keep}: {record.kept.numel()}/{record.grid[0] * record.grid[1]} patches")
 
-    restored, _ = timed_generate(model, inputs, repeats=1)
+    restored, _, _ = timed_generate(model, inputs, repeats=1)
     same = torch.equal(restored, baseline)
     print(f"after unpatch: output {'identical to' if same else 'DIFFERENT from'} the unpatched run")
 

@@ -20,7 +20,7 @@ def _tokenizer_json(specials: tuple[str, ...]) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=500, special_tokens=["<unk>", "<pad>", "<s>", "</s>", *specials],
+        vocab_size=500, show_progress=False, special_tokens=["<unk>", "<pad>", "<s>", "</s>", *specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS, trainer)
