@@ -69,6 +69,17 @@ class Adapter:
         return self.model.config.get_text_config()
 
     @property
+    def language_model(self) -> torch.nn.Module:
+        """The decoder stack (``.layers``); the same path in every supported family."""
+        return self.model.model.language_model
+
+    def placeholder_ids(self) -> list[int]:
+        """Token ids that stand for visual tokens in ``input_ids`` (image and video)."""
+        config = self.model.config
+        names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
+        return sorted({getattr(config, n) for n in names if getattr(config, n, None) is not None})
+
+    @property
     def pad_token_id(self) -> int:
         pad = getattr(self.text_config, "pad_token_id", None)
         if pad is None:

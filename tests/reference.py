@@ -66,3 +66,36 @@ def oracle_forward(model, inputs, kept, positions="original", **kwargs):
     with torch.no_grad():
         return model(input_ids=torch.stack(rows_ids), attention_mask=torch.stack(rows_mask),
                      mm_encoder_outputs={"image": feats}, **call)
+
+
+def manual_pruned_logits(model, inputs, kept_columns, layer):
+    """Reference for in-LLM pruning, written as a plain loop over the decoder layers (no hooks).
+
+    One unpadded row. Layers ``< layer`` run on every token; layers ``>= layer`` run on
+    ``kept_columns`` only, with their original RoPE positions and an explicit causal mask.
+    Returns ``(1, len(kept_columns), V)`` logits of the kept rows.
+    """
+    base, lm = model.model, model.model.language_model
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        embeds = lm.embed_tokens(ids)
+        feats = torch.cat(list(base.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output))
+        embeds = embeds.masked_scatter((ids == model.config.image_token_id)[..., None], feats.to(embeds.dtype))
+        positions = torch.arange(ids.shape[1])[None]
+        cos, sin = lm.rotary_emb(embeds, positions)
+        eager = lm.config._attn_implementation == "eager"
+
+        def causal(n):
+            allowed = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
+            if not eager:
+                return allowed
+            return torch.zeros(allowed.shape, dtype=embeds.dtype).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
+
+        hidden = embeds
+        for i, decoder_layer in enumerate(lm.layers):
+            if i == layer:
+                hidden = hidden[:, kept_columns]
+                cos, sin, positions = cos[:, kept_columns], sin[:, kept_columns], positions[:, kept_columns]
+            hidden = decoder_layer(hidden, attention_mask=causal(hidden.shape[1]), position_embeddings=(cos, sin),
+                                   position_ids=positions)
+        return model.lm_head(lm.norm(hidden))

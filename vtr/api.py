@@ -15,6 +15,7 @@ import torch
 
 from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
+from vtr.llm_stage import llm_stage, loss_on_kept, record_llm_stage
 from vtr.pipeline import reduce_call
 from vtr.registry import ReducerConfig, make_config
 from vtr.stats import ReductionStats
@@ -73,7 +74,14 @@ class VTRHandle:
             if self._in_generate:  # generate's own prefill/decode steps: already reduced
                 return original_forward(*args, **kwargs)
             call = bind_arguments(original_forward, args, kwargs)
-            return original_forward(**reduce_call(self, call, for_generate=False))
+            reduced = reduce_call(self, call, for_generate=False)
+            with llm_stage(self, reduced) as engine:
+                labels = reduced.pop("labels", None) if engine is not None else None
+                output = original_forward(**reduced)
+            record_llm_stage(self.stats, engine, self.adapter.text_config)
+            if labels is not None:  # logits cover the kept rows only; align the labels with them
+                output.loss = loss_on_kept(model, output.logits, labels, engine)
+            return output
 
         @functools.wraps(original_generate)
         def generate(*args, **kwargs):
@@ -85,9 +93,11 @@ class VTRHandle:
                 reduced = reduce_call(self, call, for_generate=True)
             self._in_generate = True
             try:
-                output = original_generate(**reduced)
+                with llm_stage(self, reduced) as engine:
+                    output = original_generate(**reduced)
             finally:
                 self._in_generate = False
+            record_llm_stage(self.stats, engine, self.adapter.text_config)
             return with_caller_prompt(output, prompt, reduced.get("input_ids"))
 
         model.forward, model.generate = forward, generate

@@ -30,11 +30,14 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     adapter.check_inputs(kwargs)
     config.validate()
     stats = ReductionStats(reducer=handle.reducer, description=handle.description)
+    handle.stats = stats
+    if not handle.spec.reducer_class.has_pre_llm_stage():
+        record_llm_input(stats, adapter, kwargs)
+        return kwargs  # the model encodes its visual inputs itself; the in-LLM stage prunes later
     start = time.perf_counter()
     encoded = adapter.encode(kwargs)
     stats.seconds["vision"] = time.perf_counter() - start
     if not encoded:  # a text-only call: nothing to reduce
-        handle.stats = stats
         return kwargs
 
     start = time.perf_counter()
@@ -51,8 +54,24 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     new_kwargs, columns = adapter.splice(kwargs, encoded, token_keep, config.positions, for_generate)
     record_counts(stats, adapter, kwargs, encoded, token_keep)
     stats.kept_columns = [c.cpu() for c in columns]
-    handle.stats = stats
     return new_kwargs
+
+
+def record_llm_input(stats: ReductionStats, adapter, kwargs) -> None:
+    """Stats of a call whose visual tokens all enter the LLM (no pre-LLM stage)."""
+    input_ids = kwargs.get("input_ids")
+    if input_ids is None:
+        return
+    visual = torch.isin(input_ids, torch.tensor(adapter.placeholder_ids(), device=input_ids.device))
+    counts = visual.sum(dim=1).tolist()
+    stats.visual_tokens_in, stats.visual_tokens_out = list(counts), list(counts)
+    text_config = adapter.text_config
+    stats.visual_tokens_per_layer = [[n] * text_config.num_hidden_layers for n in counts]
+    mask = kwargs.get("attention_mask")
+    lengths = mask.sum(dim=1).tolist() if mask is not None else [input_ids.shape[1]] * input_ids.shape[0]
+    stats.prefill_flops_before = sum(prefill_flops(text_config, [n] * text_config.num_hidden_layers) for n in lengths)
+    stats.prefill_flops_after = stats.prefill_flops_before
+    stats.kept_columns = [torch.arange(input_ids.shape[1])] * input_ids.shape[0]
 
 
 def record_counts(stats: ReductionStats, adapter, kwargs, encoded, token_keep) -> None:

@@ -11,9 +11,15 @@ from vtr.visual import View, VisualTokens
 class Reducer:
     """Base class of every reducer.
 
-    Subclasses set ``config_class`` and implement :meth:`plan`. A reducer never looks at a model
-    class: it gets :class:`~vtr.visual.VisualTokens` (features, layout, lazy signals) from the
-    adapter and returns which patch tokens of each view to keep.
+    A reducer has up to two stages, and never looks at a model class:
+
+    - before the LLM: :meth:`plan` gets :class:`~vtr.visual.VisualTokens` (features, layout, lazy
+      signals) from the adapter and returns which patch tokens of each view to keep;
+    - inside the LLM: :meth:`llm_layers` names the decoder layers before which tokens are dropped,
+      and :meth:`llm_select` gets a :class:`~vtr.decoder_pruning.LayerContext` (exact attention of
+      the previous layer, which entries are visual/text) and returns the visual entries to keep.
+
+    Subclasses set ``config_class`` and override the stage(s) they have.
     """
 
     config_class: type[ReducerConfig] = ReducerConfig
@@ -25,6 +31,18 @@ class Reducer:
     def budget(self, view: View) -> int:
         """Patch tokens to keep in ``view`` under ``config.keep``."""
         return keep_count(self.config.keep, view.n_patches)
+
+    @classmethod
+    def has_pre_llm_stage(cls) -> bool:
+        return cls.plan is not Reducer.plan
+
+    def llm_layers(self, n_layers: int) -> list[int]:
+        """Decoder layers (1 ≤ K < n_layers) before which visual tokens are dropped; none by default."""
+        return []
+
+    def llm_select(self, context) -> list[torch.Tensor]:
+        """Per batch row, the sorted positions (into the current sequence) of the visual tokens to keep."""
+        raise NotImplementedError
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
         """Return, per view, the sorted int64 indices of the patch tokens to keep (``(k_v,)``).

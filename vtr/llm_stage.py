@@ -1,0 +1,52 @@
+"""Running a reducer's in-LLM stage around one call, and folding its outcome into the stats."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vtr.decoder_pruning import DecoderPruning
+from vtr.flops import prefill_flops
+
+
+def llm_stage(handle, call: dict):
+    """A context that prunes inside the LLM for this call, or a no-op when the reducer has no such stage.
+
+    ``call``: the kwargs the model will get (after any pre-LLM reduction).
+    """
+    reducer = handle.spec.reducer_class(handle.config)
+    input_ids = call.get("input_ids")
+    if input_ids is None or not reducer.llm_layers(handle.adapter.text_config.num_hidden_layers):
+        return contextlib.nullcontext(None)
+    placeholders = torch.tensor(handle.adapter.placeholder_ids(), device=input_ids.device)
+    visual = torch.isin(input_ids, placeholders)
+    if not bool(visual.any()):
+        return contextlib.nullcontext(None)
+    return DecoderPruning(handle, visual, call.get("attention_mask"))
+
+
+def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
+    """Per-layer visual counts, the in-LLM stages, the final kept columns and FLOPs after."""
+    if engine is None or engine.state is None or not engine.state.layers:
+        return
+    per_layer = engine.visual_counts_per_layer()  # (B, L)
+    stats.visual_tokens_per_layer = per_layer.tolist()
+    for k in engine.prune_layers:
+        stats.stages[f"llm_layer_{k}"] = {"in": per_layer[:, k - 1].tolist(), "out": per_layer[:, k].tolist()}
+    stats.visual_tokens_out = per_layer[:, -1].tolist()
+    tokens = engine.tokens_per_layer()
+    stats.prefill_flops_after = sum(prefill_flops(text_config, row) for row in tokens.tolist())
+    final = engine.final_columns()
+    if stats.kept_columns:  # compose with the pre-LLM columns: caller's prompt ← LLM input ← final rows
+        valid = engine.state.valid.cpu()  # filler rows of ragged batches map to -1
+        stats.kept_columns = [pre[c.cpu()].masked_fill(~v, -1) for pre, c, v in zip(stats.kept_columns, final, valid)]
+
+
+def loss_on_kept(model, logits: torch.Tensor, labels: torch.Tensor, engine: DecoderPruning) -> torch.Tensor:
+    """The causal-LM loss with ``labels`` (of the LLM input) gathered at the rows the LLM kept.
+
+    Filler rows of ragged batches get label -100. Dropped visual tokens carry no text label.
+    """
+    st = engine.state
+    gathered = labels.gather(1, st.cols.to(labels.device)).masked_fill(~st.valid.to(labels.device), -100)
+    return model.loss_function(logits=logits, labels=gathered, vocab_size=model.config.get_text_config().vocab_size)
