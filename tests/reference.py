@@ -68,20 +68,26 @@ def oracle_forward(model, inputs, kept, positions="original", **kwargs):
                      mm_encoder_outputs={"image": feats}, **call)
 
 
-def manual_pruned_logits(model, inputs, kept_columns, layer):
+def llava_input_embeds(model, input_ids, pixel_values):
+    """``(1, N, D)`` LLM input of an unpatched LLaVA: token embeddings with image features scattered in."""
+    with torch.no_grad():
+        embeds = model.model.language_model.embed_tokens(input_ids)
+        feats = torch.cat(list(model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output))
+        return embeds.masked_scatter((input_ids == model.config.image_token_id)[..., None], feats.to(embeds.dtype))
+
+
+def manual_layer_loop(model, embeds, kept_by_layer, positions=None):
     """Reference for in-LLM pruning, written as a plain loop over the decoder layers (no hooks).
 
-    One unpadded row. Layers ``< layer`` run on every token; layers ``>= layer`` run on
-    ``kept_columns`` only, with their original RoPE positions and an explicit causal mask.
-    Returns ``(1, len(kept_columns), V)`` logits of the kept rows.
+    One unpadded row. ``kept_by_layer[K]``: the LLM-input columns that layers ``>= K`` process
+    (each a subset of the previous). Kept tokens keep their original RoPE positions; masks are
+    explicit causal masks. ``positions``: ``(1, N)`` position ids of the LLM input (default
+    ``arange``). Returns ``(1, n_last, V)`` logits of the rows the last layer kept.
     """
-    base, lm = model.model, model.model.language_model
-    ids = inputs["input_ids"]
+    lm = model.model.language_model
     with torch.no_grad():
-        embeds = lm.embed_tokens(ids)
-        feats = torch.cat(list(base.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output))
-        embeds = embeds.masked_scatter((ids == model.config.image_token_id)[..., None], feats.to(embeds.dtype))
-        positions = torch.arange(ids.shape[1])[None]
+        if positions is None:
+            positions = torch.arange(embeds.shape[1])[None]
         cos, sin = lm.rotary_emb(embeds, positions)
         eager = lm.config._attn_implementation == "eager"
 
@@ -91,11 +97,20 @@ def manual_pruned_logits(model, inputs, kept_columns, layer):
                 return allowed
             return torch.zeros(allowed.shape, dtype=embeds.dtype).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
 
-        hidden = embeds
+        hidden, current = embeds, torch.arange(embeds.shape[1])
         for i, decoder_layer in enumerate(lm.layers):
-            if i == layer:
-                hidden = hidden[:, kept_columns]
-                cos, sin, positions = cos[:, kept_columns], sin[:, kept_columns], positions[:, kept_columns]
-            hidden = decoder_layer(hidden, attention_mask=causal(hidden.shape[1]), position_embeddings=(cos, sin),
-                                   position_ids=positions)
+            if i in kept_by_layer:
+                cols = kept_by_layer[i]
+                local = torch.searchsorted(current, cols)
+                assert torch.equal(current[local], cols), "kept columns must shrink layer by layer"
+                hidden, current = hidden[:, local], cols
+            hidden = decoder_layer(hidden, attention_mask=causal(hidden.shape[1]),
+                                   position_embeddings=(cos[:, current], sin[:, current]),
+                                   position_ids=positions[:, current])
         return model.lm_head(lm.norm(hidden))
+
+
+def manual_pruned_logits(model, inputs, kept_columns, layer):
+    """:func:`manual_layer_loop` for LLaVA inputs pruned once, before ``layer``."""
+    embeds = llava_input_embeds(model, inputs["input_ids"], inputs["pixel_values"])
+    return manual_layer_loop(model, embeds, {layer: kept_columns})

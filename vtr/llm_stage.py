@@ -36,6 +36,9 @@ def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
     stats.visual_tokens_out = per_layer[:, -1].tolist()
     tokens = engine.tokens_per_layer()
     stats.prefill_flops_after = sum(prefill_flops(text_config, row) for row in tokens.tolist())
+    for k in engine.prune_layers:
+        cols, valid = engine.state.layers[k]
+        stats.llm_columns[k] = [c.masked_fill(~v, -1).cpu() for c, v in zip(cols, valid)]
     final = engine.final_columns()
     if stats.kept_columns:  # compose with the pre-LLM columns: caller's prompt ← LLM input ← final rows
         valid = engine.state.valid.cpu()  # filler rows of ragged batches map to -1

@@ -10,7 +10,26 @@ import time
 import torch
 
 from vtr.flops import prefill_flops
+from vtr.reducers.base import MergedView
 from vtr.stats import ReductionStats, ViewRecord
+
+
+def apply_merge(visual, view_index: int, element) -> torch.Tensor:
+    """A plan element's kept patch indices; merged features are written into the view's slots.
+
+    Adapters build the reduced output from ``visual.features``, so a :class:`MergedView` only has
+    to place its features at the kept patch rows of a copy of the view's features.
+    """
+    if not isinstance(element, MergedView):
+        return element.to(torch.long)
+    view = visual.views[view_index]
+    index = element.index.to(torch.long)
+    if element.features.shape[0] != index.numel():
+        raise RuntimeError(f"a merged view has {element.features.shape[0]} features for {index.numel()} slots")
+    features = visual.features[view_index].clone()
+    features[index + view.n_prefix] = element.features.to(features.dtype)
+    visual.features[view_index] = features
+    return index
 
 
 def validate_plan(plan: list[torch.Tensor], visual, reducer_name: str) -> None:
@@ -44,7 +63,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     reducer = handle.spec.reducer_class(config)  # built per call: config edits apply from the next call
     token_keep = []
     for e in encoded:
-        plan = [p.to(torch.long) for p in reducer.plan(e.visual)]
+        plan = [apply_merge(e.visual, v, p) for v, p in enumerate(reducer.plan(e.visual))]
         validate_plan(plan, e.visual, handle.reducer)
         token_keep.append(adapter.segment_keep(e, plan))
         stats.notes += [n for n in e.visual.notes if n not in stats.notes]

@@ -31,6 +31,8 @@ class ReductionStats:
         kept_columns: per row, the columns of the caller's prompt that the LLM saw, in order; row
             ``b`` of a patched ``forward``'s logits belongs to ``input_ids[b, kept_columns[b]]``
             (after any re-padding on the left).
+        llm_columns: for each in-LLM prune layer ``K``, per row, the columns of the LLM input that
+            layers ``>= K`` process (-1 for filler entries of ragged batches).
         seconds: wall time of the vision encoding and of the reducer's selection.
         notes: deviations that applied to this call, e.g. an "adapted" substitute signal on a
             vision tower without [CLS]; ``adapted`` is True when there are any.
@@ -46,6 +48,7 @@ class ReductionStats:
     prefill_flops_after: float = 0.0
     views: list[ViewRecord] = field(default_factory=list)
     kept_columns: list[torch.Tensor] = field(default_factory=list)
+    llm_columns: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

@@ -1,11 +1,27 @@
 """The reducer interface."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from vtr.registry import ReducerConfig
 from vtr.select import keep_count
 from vtr.visual import View, VisualTokens
+
+
+@dataclass
+class MergedView:
+    """A pre-LLM plan element that replaces features instead of only selecting them.
+
+    Attributes:
+        index: ``(k,)`` sorted patch indices whose slots (and, with original positions, position
+            ids) the merged tokens take.
+        features: ``(k, D)`` the features placed in those slots, in that order.
+    """
+
+    index: torch.Tensor
+    features: torch.Tensor
 
 
 class Reducer:
@@ -45,7 +61,8 @@ class Reducer:
         raise NotImplementedError
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
-        """Return, per view, the sorted int64 indices of the patch tokens to keep (``(k_v,)``).
+        """Return, per view, the sorted int64 indices of the patch tokens to keep (``(k_v,)``), or a
+        :class:`MergedView` when the kept tokens carry new (merged) features.
 
         Indices count patches only (0 = the first patch after any prefix); prefix tokens such as a
         [CLS] feature are always kept by the engine.

@@ -1,0 +1,150 @@
+"""AIM: the merge's invariants, PageRank against eager attention, the schedule, and the engine's
+consistency (no-cache recompute, batch-1) with progressive pruning."""
+import copy
+
+import pytest
+import torch
+
+import vtr
+from reference import manual_layer_loop
+from vtr.merge import merge_to
+from vtr.reducers.aim import AIM, AIMConfig
+from vtr.testing import example_inputs, tiny_model
+
+EIGHT_LAYERS = {"text": {"num_hidden_layers": 8}}
+
+
+@pytest.fixture
+def llava8():
+    return tiny_model("llava", **EIGHT_LAYERS)
+
+
+def test_weighted_merge_conserves_mass_and_membership():
+    x = torch.randn(576, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = merge_to(x, 144)
+    assert result.features.shape == (144, 32) and int(result.sizes.sum()) == 576
+    assert torch.equal(result.index, result.index.sort().values)  # spatial order kept
+    torch.testing.assert_close((result.features * result.sizes[:, None]).sum(0), x.sum(0))
+    for j in range(144):  # each output is the mean of the inputs that ended up in it
+        members = (result.members == j).nonzero().squeeze(1)
+        assert len(members) == int(result.sizes[j]) and int(result.index[j]) in members.tolist()
+        torch.testing.assert_close(result.features[j], x[members].mean(0))
+
+
+def test_reference_options_unweighted_and_scrambled():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    weighted, plain = merge_to(x, 20), merge_to(x, 20, weighted=False)  # 64 -> 32 -> 20
+    assert not torch.allclose(weighted.features, plain.features)
+    scrambled = merge_to(x, 20, preserve_order=False)
+    assert not torch.equal(scrambled.index, scrambled.index.sort().values)
+    assert sorted(scrambled.index.tolist()) == weighted.index.tolist()  # same groups, other order
+
+
+def test_schedule_follows_the_paper_on_28_layers():
+    aim = AIM(AIMConfig())
+    assert aim.schedule(28) == (14, 22)
+    assert aim.llm_layers(28) == list(range(15, 23))
+    assert [aim.retention(k, 28) for k in (15, 18, 22)] == [0.875, 0.5, 0.0]
+
+
+def test_keep_one_without_pruning_is_identity(llava, inputs2):
+    model, _ = llava
+    with torch.no_grad():
+        ref = model(**inputs2).logits
+    with vtr.patched(model, "aim", keep=1.0, prune=False):
+        with torch.no_grad():
+            assert torch.equal(model(**inputs2).logits, ref)
+
+
+def pagerank_from_probs(probs, mask, temperature=0.1, iterations=5):
+    """Reference PageRank from eager post-softmax weights: softmax(logits/τ) = p^(1/τ) row-normalised.
+
+    ``probs``: (B, H, n, n); ``mask``: (B, n) real tokens, the only sources (padding never votes).
+    """
+    m = probs.double() ** (1 / temperature)
+    m = m / m.sum(-1, keepdim=True)
+    real = mask.double()[:, None, :].expand(-1, m.shape[1], -1)
+    v = real / real.sum(-1, keepdim=True)
+    for _ in range(iterations):
+        v = torch.einsum("bhi,bhij->bhj", v * real, m)
+    return v.square().mean(1).sqrt()
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_first_prune_equals_pagerank_of_eager_attention(llava8, impl):
+    model, processor = llava8
+    model.set_attn_implementation(impl)
+    inputs = example_inputs(processor, "llava", batch=2, seed=2)
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation("eager")
+    with vtr.patched(reference, "aim", keep=0.25, prune=False):  # the merged LLM input, unpruned
+        with torch.no_grad():
+            attentions = reference(**inputs, output_attentions=True).attentions
+        llm_input = reference.vtr.stats.kept_columns
+    mask = torch.stack([inputs["attention_mask"][b, llm_input[b]] for b in range(2)])
+    importance = pagerank_from_probs(attentions[4], mask)  # layer 4's attention decides before layer 5
+    vtr.patch(model, "aim", keep=0.25)
+    with torch.no_grad():
+        model(**inputs)
+    stats = model.vtr.stats
+    assert stats.stages["llm_layer_5"] == {"in": [144, 144], "out": [72, 72]}
+    assert stats.stages["llm_layer_6"]["out"] == [0, 0]
+    for b in range(2):
+        visual = (inputs["input_ids"][b, llm_input[b]] == model.config.image_token_id).nonzero().squeeze(1)
+        expected = visual[torch.topk(importance[b, visual], 72).indices].sort().values
+        kept = stats.llm_columns[5][b]
+        kept_visual = kept[torch.isin(kept, visual)]
+        assert torch.equal(kept_visual, expected)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_cached_generate_equals_no_cache_recompute(llava8, impl):
+    model, processor = llava8
+    model.set_attn_implementation(impl)
+    inputs = example_inputs(processor, "llava", batch=1, seed=3)
+    captured = {}
+
+    def capture_llm_input(module, args, kwargs):
+        captured.setdefault("embeds", kwargs["inputs_embeds"])
+        captured.setdefault("positions", kwargs["position_ids"])
+
+    hook = model.model.language_model.register_forward_pre_hook(capture_llm_input, with_kwargs=True)
+    vtr.patch(model, "aim", keep=0.25, prune_start=4, prune_end=7)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                         suppress_tokens=[model.config.image_token_id])
+    hook.remove()
+    stats = model.vtr.stats
+    assert [stats.stages[f"llm_layer_{k}"]["out"] for k in (5, 6, 7)] == [[96], [48], [0]]
+    vtr.unpatch(model)
+    prompt_embeds, prompt_positions = captured["embeds"], captured["positions"]
+    n, caller_n = prompt_embeds.shape[1], inputs["input_ids"].shape[1]
+    new_tokens = out.sequences[:, caller_n:]
+    for t in range(4):  # original positions: the generated tokens continue after the caller's prompt
+        embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(new_tokens[:, :t])], 1)
+        positions = torch.cat([prompt_positions, torch.arange(caller_n, caller_n + t)[None]], 1)
+        kept = {k: torch.cat([cols[0], torch.arange(n, n + t)]) for k, cols in stats.llm_columns.items()}
+        expected = manual_layer_loop(model, embeds, kept, positions)[:, -1]
+        torch.testing.assert_close(out.logits[t], expected, rtol=0, atol=2e-5)
+
+
+def test_batch_equals_single(llava8):
+    model, processor = llava8
+    inputs = example_inputs(processor, "llava", batch=2, seed=7)
+    vtr.patch(model, "aim", keep=0.25)
+    with torch.no_grad():
+        batch_logits = model(**inputs).logits[:, -1]
+    for b in range(2):
+        single = example_inputs(processor, "llava", batch=1, seed=7 + b)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**single).logits[0, -1], batch_logits[b], rtol=0, atol=2e-5)
+
+
+def test_bad_settings(llava):
+    model, _ = llava
+    with pytest.raises(ValueError, match="prune_start"):
+        vtr.patch(model, "aim", prune_start=1.5)
+    with pytest.raises(TypeError, match="weighted"):
+        vtr.patch(model, "aim", weighted="yes")
+    with pytest.raises(ValueError, match="temperature"):
+        vtr.patch(model, "aim", temperature=0)
+    assert not vtr.is_patched(model)
