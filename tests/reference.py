@@ -114,3 +114,40 @@ def manual_pruned_logits(model, inputs, kept_columns, layer):
     """:func:`manual_layer_loop` for LLaVA inputs pruned once, before ``layer``."""
     embeds = llava_input_embeds(model, inputs["input_ids"], inputs["pixel_values"])
     return manual_layer_loop(model, embeds, {layer: kept_columns})
+
+
+def check_generate_against_layer_loop(model, inputs, new_tokens=4, atol=2e-5):
+    """Patched cached ``generate`` (one row) against :func:`manual_layer_loop` recomputing every step.
+
+    Captures the LLM input (after any pre-LLM stage) and its position ids during the patched call,
+    then unpatches the model and recomputes each step's logits with the same kept columns per layer.
+    Returns the patched call's stats.
+    """
+    import vtr
+
+    captured = {}
+
+    def capture_llm_input(module, args, kwargs):
+        captured.setdefault("embeds", kwargs["inputs_embeds"])
+        captured.setdefault("positions", kwargs.get("position_ids"))
+
+    hook = model.model.language_model.register_forward_pre_hook(capture_llm_input, with_kwargs=True)
+    try:
+        out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, suppress_tokens=[model.config.image_token_id])
+    finally:
+        hook.remove()
+    stats = model.vtr.stats
+    vtr.unpatch(model)
+    embeds, positions = captured["embeds"], captured["positions"]
+    n, caller_n = embeds.shape[1], inputs["input_ids"].shape[1]
+    if positions is None:
+        positions = torch.arange(n)[None]
+    generated = out.sequences[:, caller_n:]
+    for t in range(new_tokens):  # generated tokens continue after the caller's prompt (and its positions)
+        step_embeds = torch.cat([embeds, model.get_input_embeddings()(generated[:, :t])], 1)
+        step_positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(t)[None]], 1)
+        kept = {k: torch.cat([cols[0], torch.arange(n, n + t)]) for k, cols in stats.llm_columns.items()}
+        expected = manual_layer_loop(model, step_embeds, kept, step_positions)[:, -1]
+        torch.testing.assert_close(out.logits[t], expected, rtol=0, atol=atol)
+    return stats

@@ -6,6 +6,7 @@
     vtr.unpatch(model)                        # bitwise the original model again
 """
 from vtr.api import VTRHandle, is_patched, patch, patched, unpatch
+from vtr.calibrate import Calibration, calibrate
 from vtr.registry import ReducerConfig, list_reducers, register_reducer
 from vtr.reducers.base import Reducer
 from vtr.stats import ReductionStats
@@ -14,6 +15,6 @@ from vtr.visual import View, VisualTokens
 __version__ = "0.1.0"
 
 __all__ = [
-    "patch", "unpatch", "patched", "is_patched", "VTRHandle", "list_reducers", "register_reducer",
+    "patch", "unpatch", "patched", "is_patched", "calibrate", "Calibration", "VTRHandle", "list_reducers", "register_reducer",
     "ReducerConfig", "Reducer", "ReductionStats", "View", "VisualTokens", "__version__",
 ]

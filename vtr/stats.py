@@ -67,6 +67,12 @@ class ReductionStats:
         total = sum(self.visual_tokens_in)
         return sum(self.visual_tokens_out) / total if total else 1.0
 
+    @property
+    def layer_share(self) -> list[float]:
+        """Per sample: mean over decoder layers of visual tokens processed / visual tokens in."""
+        return [sum(layers) / (len(layers) * n) if n and layers else 1.0
+                for layers, n in zip(self.visual_tokens_per_layer, self.visual_tokens_in)]
+
     def summary(self) -> str:
         label = f"{self.reducer} (adapted)" if self.adapted else self.reducer
         return (
