@@ -54,6 +54,8 @@ class Adapter:
     model_classes: tuple[str, ...] = ()
     #: visual inputs this family accepts, by keyword
     visual_inputs: tuple[str, ...] = ("pixel_values",)
+    #: the ``positions`` settings this family supports
+    position_modes: tuple[str, ...] = ("original", "renumber")
     #: visual keywords of other families, mapped to why they are rejected here
     rejected_inputs: dict[str, str] = {}
 

@@ -16,7 +16,7 @@ import torch
 from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
 from vtr.llm_stage import llm_stage, loss_on_kept, record_llm_stage
-from vtr.pipeline import reduce_call
+from vtr.pipeline import check_positions, reduce_call
 from vtr.registry import ReducerConfig, make_config
 from vtr.stats import ReductionStats
 
@@ -165,6 +165,7 @@ def patch(model: torch.nn.Module, reducer: str | ReducerConfig, **config: Any) -
         )
     spec, cfg = make_config(reducer, config)
     adapter = adapter_for(model)
+    check_positions(adapter, cfg)
     VTRHandle(model, adapter, spec, cfg)._install()
     return model
 

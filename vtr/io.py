@@ -1,10 +1,18 @@
-"""Reading user media with errors that name the file instead of a raw PIL traceback."""
+"""Reading user media with errors that name the file instead of a raw PIL traceback.
+
+Images: :func:`load_image`. Videos: :func:`load_video` and :func:`video_info`, from :mod:`vtr.video`
+(uniform frame sampling; decord by default, PyAV as the fallback).
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vtr.video import VideoInfo, load_video, video_info
+
+__all__ = ["load_image", "load_video", "video_info", "VideoInfo"]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

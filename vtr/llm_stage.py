@@ -43,6 +43,7 @@ def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
     if stats.kept_columns:  # compose with the pre-LLM columns: caller's prompt ← LLM input ← final rows
         valid = engine.state.valid.cpu()  # filler rows of ragged batches map to -1
         stats.kept_columns = [pre[c.cpu()].masked_fill(~v, -1) for pre, c, v in zip(stats.kept_columns, final, valid)]
+        # (pre-LLM columns are padded to the LLM input's width, so LLM columns index them directly)
 
 
 def loss_on_kept(model, logits: torch.Tensor, labels: torch.Tensor, engine: DecoderPruning) -> torch.Tensor:

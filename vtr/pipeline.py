@@ -11,6 +11,7 @@ import torch
 
 from vtr.flops import prefill_flops
 from vtr.reducers.base import MergedView
+from vtr.splice import padding_side
 from vtr.stats import ReductionStats, ViewRecord
 
 
@@ -32,6 +33,25 @@ def apply_merge(visual, view_index: int, element) -> torch.Tensor:
     return index
 
 
+def check_positions(adapter, config) -> None:
+    """The family must support the config's position mode (M-RoPE has no contiguous renumbering)."""
+    if config.positions not in adapter.position_modes:
+        raise ValueError(
+            f"positions={config.positions!r} is not supported for {adapter.family!r} models; "
+            f"allowed: {', '.join(adapter.position_modes)}"
+        )
+
+
+def padded_columns(columns: list[torch.Tensor], side: str) -> list[torch.Tensor]:
+    """Per-row kept columns padded to the longest row with -1, on the caller's padding side."""
+    width = max(len(c) for c in columns)
+    rows = []
+    for c in columns:
+        fill = torch.full((width - len(c),), -1, dtype=torch.long)
+        rows.append(torch.cat([fill, c.cpu()] if side == "left" else [c.cpu(), fill]))
+    return rows
+
+
 def validate_plan(plan: list[torch.Tensor], visual, reducer_name: str) -> None:
     """A reducer must return, per view, sorted unique in-range patch indices."""
     if len(plan) != len(visual.views):
@@ -48,6 +68,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     adapter, config = handle.adapter, handle.config
     adapter.check_inputs(kwargs)
     config.validate()
+    check_positions(adapter, config)
     stats = ReductionStats(reducer=handle.reducer, description=handle.description)
     handle.stats = stats
     if not handle.spec.reducer_class.has_pre_llm_stage():
@@ -72,7 +93,8 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
 
     new_kwargs, columns = adapter.splice(kwargs, encoded, token_keep, config.positions, for_generate)
     record_counts(stats, adapter, kwargs, encoded, token_keep)
-    stats.kept_columns = [c.cpu() for c in columns]
+    # Aligned with the reduced prompt's rows: re-padding entries are -1.
+    stats.kept_columns = padded_columns(columns, padding_side(kwargs.get("attention_mask")))
     return new_kwargs
 
 

@@ -1,0 +1,285 @@
+"""Qwen2-VL (`Qwen2VLForConditionalGeneration`): images and videos, M-RoPE positions.
+
+Module paths (transformers 5.24): vision tower ``model.model.visual`` (``patch_embed`` → ``blocks[i]``
+with a fused ``attn.qkv`` and per-frame ``cu_seqlens`` attention → ``merger``, a 2×2 PatchMerger that
+is also the projector). ``get_image_features(pixel_values, image_grid_thw)`` and
+``get_video_features(pixel_values_videos, video_grid_thw)`` return ``pooler_output`` as a tuple of
+``(t·h·w/4, D)`` merged features, one per image or video.
+
+Layout:
+- An image is one view with the merged grid ``(h/2, w/2)`` and one segment (its placeholder run).
+- A video of ``t`` frame groups (frames after temporal patching) is one segment holding ``t`` views,
+  one per frame group, each with the merged grid; ``keep`` applies per frame group.
+
+Positions: Qwen2-VL numbers tokens with 3-D M-RoPE (t, h, w) computed by ``get_rope_index`` from the
+full grids, so positions are computed on the unreduced prompt and the kept columns gathered; text
+after a pruned image keeps its original positions. ``positions="renumber"`` has no meaning for grid
+positions and is rejected with a ``ValueError``.
+
+Signal substitute: the Qwen2-VL vision tower has no [CLS] token. ``"cls_attention"`` is served by the
+*attention received* by each merged token in one vision block (``signal_block``, default the last):
+the column mean of ``softmax(q·kᵀ·scale)`` over all query patches of the same image or frame group
+(its ``cu_seqlens`` chunk), averaged over heads, then over each 2×2 merge window. It is recomputed
+from the block's own q/k (after the vision RoPE), never with eager attention, and the use is noted
+in ``VisualTokens.notes`` (hence ``stats.notes``/``stats.adapted``). The same values are also offered
+under the honest name ``"received_attention"``. Choose the block per patched model with
+``model.vtr.adapter.signal_block = k``.
+
+Views are listed per modality (all images of the batch, then all videos), each in prompt order.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from vtr.adapters.base import Adapter, Encoded
+from vtr.splice import Segment, gather_columns
+from vtr.visual import Signals, View, VisualTokens
+
+#: (pixel key, grid key, feature function, config token id attribute) per modality
+MODALITIES = {
+    "image": ("pixel_values", "image_grid_thw", "get_image_features", "image_token_id"),
+    "video": ("pixel_values_videos", "video_grid_thw", "get_video_features", "video_token_id"),
+}
+
+SUBSTITUTE_NOTE = (
+    "cls_attention on qwen2_vl is the adapted received-attention substitute (no [CLS]): attention each merged "
+    "token receives in vision block {block}, column mean over its image/frame group, head mean, 2x2 merge mean"
+)
+
+
+def present_modalities(kwargs: dict) -> list[str]:
+    """The modalities whose pixels are in the call, in ``MODALITIES`` order (images before videos)."""
+    return [modality for modality, (pixels, *_) in MODALITIES.items() if kwargs.get(pixels) is not None]
+
+
+@dataclass
+class PackedEncoded(Encoded):
+    """:class:`Encoded` plus the model's own features per image/video (``(t·h·w/4, D)`` each), one per
+    segment, from which :meth:`Qwen2VLAdapter.reduced_outputs` gathers the kept tokens."""
+
+    items: list[torch.Tensor] = field(default_factory=list)
+
+
+class ReceivedAttentionProbe:
+    """Captures what one ``VisionAttention`` module computes anyway: its fused ``qkv`` output
+    ``(S, 3·H·d)``, its ``cu_seqlens`` ``(n_chunks + 1,)`` and its rotary ``(cos, sin)`` ``(S, d)``.
+
+    Use as a context manager so the hooks are always removed.
+    """
+
+    def __init__(self, attention: torch.nn.Module) -> None:
+        self.attention = attention
+        self.qkv: torch.Tensor | None = None
+        self.cu_seqlens: torch.Tensor | None = None
+        self.position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._handles: list = []
+
+    def _record_inputs(self, module, args, kwargs) -> None:
+        # VisionBlock passes these by keyword; accept positions too, in forward's order.
+        self.cu_seqlens = kwargs["cu_seqlens"] if "cu_seqlens" in kwargs else args[1]
+        self.position_embeddings = kwargs.get("position_embeddings", args[2] if len(args) > 2 else None)
+
+    def __enter__(self) -> "ReceivedAttentionProbe":
+        self._handles = [
+            self.attention.register_forward_pre_hook(self._record_inputs, with_kwargs=True),
+            self.attention.qkv.register_forward_hook(lambda m, i, o: setattr(self, "qkv", o)),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def received_attention(self, merge: int, max_elements: int = 1 << 24) -> list[torch.Tensor]:
+        """Attention received per merged token, one ``(n_chunk / merge²,)`` float32 tensor per chunk.
+
+        Exact post-softmax values of the block's attention, computed per ``cu_seqlens`` chunk and in
+        blocks of query rows of at most ``max_elements`` logits (64 MiB in float32) each.
+        """
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        if self.qkv is None or self.position_embeddings is None:
+            raise RuntimeError("the probed vision attention block did not run; is signal_block a valid block index?")
+        heads, scale = self.attention.num_heads, self.attention.scaling
+        n = self.qkv.shape[0]
+        q, k, _ = self.qkv.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, d) each
+        cos, sin = self.position_embeddings
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # the model's own RoPE, in the model's dtype
+        bounds = self.cu_seqlens.tolist()
+        scores = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            qc = q[start:end].transpose(0, 1).float()  # (H, n_c, d)
+            kc = k[start:end].transpose(0, 1).float()
+            received = torch.zeros(end - start, dtype=torch.float32, device=q.device)
+            rows = max(1, max_elements // (heads * (end - start)))
+            for row in range(0, end - start, rows):
+                # softmax is per query row, so summing row blocks gives the exact column sums
+                probs = (qc[:, row:row + rows] @ kc.transpose(-1, -2) * scale).softmax(dim=-1)
+                received += probs.sum(dim=(0, 1))
+            received /= heads * (end - start)
+            # patches come merge-window-major: each run of merge² patches is one merged token
+            scores.append(received.view(-1, merge * merge).mean(dim=-1))
+        return scores
+
+
+class Qwen2VLAdapter(Adapter):
+    family = "qwen2_vl"
+    model_classes = ("Qwen2VLForConditionalGeneration",)
+    visual_inputs = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+    rejected_inputs = {
+        "image_sizes": "Qwen2-VL takes image_grid_thw from its own processor, not image_sizes",
+    }
+    #: position modes this family supports (``"renumber"`` has no meaning for 3-D grid positions)
+    position_modes = ("original",)
+    #: vision block whose received attention substitutes for [CLS] attention (negative counts from the end)
+    signal_block: int = -1
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def check_inputs(self, kwargs: dict) -> None:
+        super().check_inputs(kwargs)
+        present = present_modalities(kwargs)
+        for modality in present:
+            pixels, grid = MODALITIES[modality][:2]
+            if kwargs.get(grid) is None:
+                raise ValueError(
+                    f"{pixels!r} needs {grid!r} (one (t, h, w) row per {modality}); pass the processor's output"
+                )
+        if not present:
+            return
+        types = kwargs.get("mm_token_type_ids")
+        if types is None:
+            raise ValueError(
+                "Qwen2-VL needs 'mm_token_type_ids' alongside visual inputs to compute its M-RoPE positions; "
+                "pass the processor's mm_token_type_ids"
+            )
+        # get_rope_index walks the type runs while the features go where the placeholder ids are: both must agree
+        ids, config = kwargs.get("input_ids"), self.model.config
+        expected = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
+        if types.shape != ids.shape or not torch.equal(types.to(expected.device).long(), expected):
+            raise ValueError(
+                "mm_token_type_ids must be 1 at image placeholders, 2 at video placeholders and 0 elsewhere, with "
+                "the shape of input_ids; pass the processor's mm_token_type_ids"
+            )
+
+    # -- encode ---------------------------------------------------------------------------------
+    def encode(self, kwargs: dict) -> list[Encoded]:
+        return [self.encode_modality(modality, kwargs) for modality in present_modalities(kwargs)]
+
+    def encode_modality(self, modality: str, kwargs: dict) -> Encoded:
+        """Run the model's own feature function with a received-attention probe on ``signal_block``."""
+        pixels_key, grid_key, function_name, token_attr = MODALITIES[modality]
+        base, token_id = self.model.model, getattr(self.model.config, token_attr)
+        visual = base.visual
+        merge = visual.spatial_merge_size
+        grids = kwargs[grid_key]
+        blocks = visual.blocks
+        if not -len(blocks) <= self.signal_block < len(blocks):
+            raise ValueError(
+                f"signal_block={self.signal_block} is out of range for a vision tower of {len(blocks)} blocks; "
+                f"allowed: {-len(blocks)} to {len(blocks) - 1}"
+            )
+        with ReceivedAttentionProbe(blocks[self.signal_block].attn) as probe:
+            outputs = getattr(base, function_name)(kwargs[pixels_key], grids, return_dict=True)
+        items = list(outputs.pooler_output)  # (t·h·w/merge², D) per image or video
+        sizes = [f.shape[0] for f in items]
+        samples = self.item_rows(kwargs["input_ids"], token_id, sizes, modality)
+        features, views, segments = [], [], []
+        for item, (t, h, w), sample in zip(items, grids.tolist(), samples):
+            grid = (h // merge, w // merge)
+            features += list(item.view(t, grid[0] * grid[1], -1).unbind(0))  # frame groups are t-major
+            views += [View(sample=sample, grid=grid, n_prefix=0, token_id=token_id)] * t
+            segments.append(Segment(sample, item.shape[0], token_id))
+        received = functools.cache(lambda: self.substitute_signal(probe, merge, tokens))
+        signals = Signals(self.family, {"cls_attention": received, "received_attention": received})
+        tokens = VisualTokens(features, views, signals)
+        return PackedEncoded(modality, tokens, outputs, segments, items=items)
+
+    def substitute_signal(self, probe: ReceivedAttentionProbe, merge: int, tokens: VisualTokens) -> list[torch.Tensor]:
+        """Per view ``(n_patches,)`` received attention; notes the substitution where it is used."""
+        note = SUBSTITUTE_NOTE.format(block=self.signal_block)
+        if note not in tokens.notes:
+            tokens.notes.append(note)
+        scores = probe.received_attention(merge)
+        if [s.numel() for s in scores] != [v.n_patches for v in tokens.views]:
+            raise RuntimeError("vision attention chunks do not line up with the image/frame-group views")
+        return scores
+
+    def item_rows(self, input_ids: torch.Tensor, token_id: int, sizes: list[int], modality: str) -> list[int]:
+        """Batch row of each image/video, matching placeholder counts per row to item sizes in order."""
+        counts = (input_ids == token_id).sum(dim=1).tolist()
+        rows, item, matched = [], 0, True
+        for row, count in enumerate(counts):
+            while count > 0 and item < len(sizes):
+                count -= sizes[item]
+                rows.append(row)
+                item += 1
+            matched = matched and count == 0
+        if not matched or item != len(sizes):
+            raise ValueError(
+                f"input_ids hold {counts} {modality} placeholders per row, but the {modality} grids give {len(sizes)} "
+                f"{modality}(s) of {sizes} tokens; build the prompt with the model's processor"
+            )
+        return rows
+
+    # -- keep plans and features ----------------------------------------------------------------
+    def segment_keep(self, encoded: Encoded, plan: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-view patch indices → per-segment token indices: frame group ``g`` of a video starts at
+        ``g · n_per_group`` inside the video's run."""
+        keep, view = [], 0
+        for segment in encoded.segments:
+            parts, offset = [], 0
+            while offset < segment.n_tokens:
+                parts.append(plan[view] + offset)
+                offset += encoded.visual.views[view].n_tokens
+                view += 1
+            keep.append(torch.cat(parts))
+        return keep
+
+    def reduced_outputs(self, encoded: Encoded, keep: list[torch.Tensor]):
+        outputs = encoded.outputs
+        kept = tuple(f.index_select(0, k.to(f.device)) for f, k in zip(encoded.items, keep))
+        return type(outputs)(**{**dict(outputs.items()), "pooler_output": kept})
+
+    # -- positions ------------------------------------------------------------------------------
+    def splice(self, kwargs, encoded, keep, positions, for_generate):
+        new, columns = super().splice(kwargs, encoded, keep, positions, for_generate)
+        position_ids = new["position_ids"]
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            # Row 0 holds the text positions the LLM builds its mask from; generate numbers them from
+            # the (shrunk) mask, so the reduced prompt gets what generate would give it.
+            position_ids = position_ids.clone()
+            position_ids[0] = self.text_positions(new["input_ids"], new.get("attention_mask"))
+            new["position_ids"] = position_ids
+        return new, columns
+
+    def text_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B, N)`` text positions exactly as ``GenerationMixin._prepare_position_ids_for_generation``
+        builds them (mask cumsum, padding at 0), without Qwen2-VL's override and its ``rope_deltas`` side effect."""
+        from transformers.generation.utils import GenerationMixin
+
+        extra = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        positions = GenerationMixin._prepare_position_ids_for_generation(self.model, input_ids, extra)
+        return positions.expand(input_ids.shape[0], -1)
+
+    def default_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor:
+        """What the unpatched model uses for this unreduced prompt.
+
+        ``forward``: ``(3, B, N)`` M-RoPE positions from ``get_rope_index``. ``generate``: ``(4, B, N)``,
+        text positions first, as Qwen2-VL's ``_prepare_position_ids_for_generation`` builds them.
+        """
+        input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        rope, _ = self.model.model.get_rope_index(
+            input_ids, kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
+            video_grid_thw=kwargs.get("video_grid_thw"), attention_mask=mask,
+        )
+        if not for_generate:
+            return rope
+        return torch.cat([self.text_positions(input_ids, mask)[None], rope], dim=0)
+
+    def gather_positions(self, position_ids: torch.Tensor, columns: list[torch.Tensor], side: str) -> torch.Tensor:
+        """Gather ``(B, N)`` or ``(R, B, N)`` position ids (R = 3 M-RoPE rows, or 4 with text first)."""
+        return gather_columns(position_ids, columns, 0, side, batch_dim=0 if position_ids.ndim == 2 else 1)
