@@ -240,3 +240,40 @@ def test_side_by_side_places_images_in_a_row(tmp_path):
     path = tmp_path / "row.png"
     canvas = side_by_side(images, ["a", "b"], path)
     assert canvas.width >= 50 and canvas.height >= 15 and path.exists()
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory) -> str:
+    """A 20-frame mpeg4 clip written with PyAV."""
+    import av
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    for i in range(20):
+        frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 10, np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("family, tokens", [("video_llava", "2056 -> 216"), ("qwen2_vl", "-> ")])
+def test_run_video(capsys, video_file, family, tokens):
+    code, out, err = run_cli(capsys, "run", "--model", f"tiny:{family}", "--video", video_file, "--prompt", PROMPT,
+                             "--frames", "8", "--max-new-tokens", "2", "--overlay", "unused.png")
+    assert code == 0, err
+    assert tokens in out and "overlay: skipped" in out
+
+
+def test_video_to_an_image_model_or_missing_video_exits_2(capsys, video_file, image_file):
+    code, _, err = run_cli(capsys, "run", "--model", "tiny:llava", "--video", video_file, "--prompt", PROMPT)
+    assert code == 2 and "--video" in err and "images only" in err and "video_llava" in err
+    code, _, err = run_cli(capsys, "run", "--model", "tiny:video_llava", "--video", "missing.mp4", "--prompt", PROMPT)
+    assert code == 2 and "--video" in err and "missing.mp4" in err
+    code, _, err = run_cli(capsys, "run", "--model", "tiny:llava", "--video", video_file, "--image", image_file,
+                           "--prompt", PROMPT)
+    assert code == 2 and "not allowed with" in err

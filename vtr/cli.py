@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="answer a prompt about an image with a patched model")
     run.add_argument("--model", required=True, metavar="PATH_OR_ID",
                      help="local model folder (or a model in the local HF cache), or tiny:llava for the built-in tiny random model")
-    run.add_argument("--image", required=True, metavar="IMG", help="image file")
+    media = run.add_mutually_exclusive_group(required=True)
+    media.add_argument("--image", metavar="IMG", help="image file")
+    media.add_argument("--video", metavar="VIDEO", help="video file (mp4 ...), for models that take video")
+    run.add_argument("--frames", type=positive_int, default=8, metavar="N",
+                     help="frames sampled uniformly from --video (default 8)")
     run.add_argument("--prompt", required=True, metavar="TEXT",
                      help="question; wrapped in the model's chat format unless it holds the image token")
     run.add_argument("--reducer", default="fastervlm", help="reducer name (see `vtr reducers`; default fastervlm)")
@@ -156,30 +160,42 @@ def first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def build_prompt(processor, prompt: str) -> str:
-    """``prompt`` as-is if it already holds the image token, else in the model's chat format."""
+def build_prompt(processor, prompt: str, kind: str = "image") -> str:
+    """``prompt`` as-is if it already holds the media token, else in the model's chat format."""
     from vtr.testing import chat_prompt
 
-    image_token = getattr(processor, "image_token", None) or "<image>"
-    if image_token in prompt:
+    default = "<image>" if kind == "image" else "<video>"
+    media_token = getattr(processor, f"{kind}_token", None) or default
+    if media_token in prompt:
         return prompt
     if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return chat_prompt(prompt, image_token)
+    return chat_prompt(prompt, media_token)
+
+
+def load_media(args):
+    """``(kind, media)``: an RGB image, or ``(T, H, W, 3)`` uint8 frames sampled from the video."""
+    from vtr.io import load_image, load_video
+
+    if args.video is not None:
+        try:
+            return "video", load_video(args.video, args.frames)
+        except (ValueError, ImportError) as error:
+            raise UsageError(f"--video: {error}") from None
+    try:
+        return "image", load_image(args.image)
+    except ValueError as error:
+        raise UsageError(f"--image: {error}") from None
 
 
 def cmd_run(args) -> int:
     import torch
 
     import vtr
-    from vtr.io import load_image
 
     config = make_reducer_config(args)
-    try:
-        image = load_image(args.image)
-    except ValueError as error:
-        raise UsageError(f"--image: {error}") from None
+    kind, media = load_media(args)
     model, processor, note = load_model(args.model)
     try:
         vtr.patch(model, config)
@@ -187,7 +203,17 @@ def cmd_run(args) -> int:
         raise UsageError(f"--model: {error}") from None
 
     torch.manual_seed(args.seed)
-    inputs = processor(images=image, text=build_prompt(processor, args.prompt), return_tensors="pt")
+    text = build_prompt(processor, args.prompt, kind)
+    try:
+        inputs = processor(**{f"{kind}s": [media] if kind == "video" else media}, text=text, return_tensors="pt")
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--{kind}: this model's processor cannot take a {kind}: {first_line(error)}") from None
+    if kind == "video" and inputs.get("pixel_values_videos") is None:  # some processors ignore videos silently
+        from vtr.adapters import ADAPTERS
+
+        video_families = [a.family for a in ADAPTERS if "pixel_values_videos" in a.visual_inputs]
+        raise UsageError(f"--video: {type(model).__name__} takes images only; models that take video: "
+                         f"{', '.join(video_families)}")
     try:
         start = time.perf_counter()
         with torch.no_grad():
@@ -208,7 +234,9 @@ def cmd_run(args) -> int:
         f"timings: vision {stats.seconds.get('vision', 0.0):.3f} s, select {stats.seconds.get('select', 0.0):.4f} s, "
         f"generate total {generate_seconds:.3f} s"
     )
-    if args.overlay:
+    if args.overlay and kind == "video":
+        print("overlay: skipped (overlays are drawn for images only)")
+    elif args.overlay:
         write_overlay(args.overlay, inputs, stats, processor)
         print(f"overlay: {args.overlay}")
     return 0
