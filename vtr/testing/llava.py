@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from vtr.testing.media import chat_prompt, random_image, row_prompt
+from vtr.testing.configs import tiny_clip_settings, tiny_text_settings
 from vtr.testing.tokenizer import build_tokenizer
 
 KINDS = ("image",)
@@ -19,13 +20,8 @@ def build(seed: int, overrides: dict[str, Any]):
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     tok = build_tokenizer()
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  image_size=336, patch_size=14, projection_dim=64)
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision.update(overrides.pop("vision", {}))
-    text.update(overrides.pop("text", {}))
+    vision = tiny_clip_settings(336, overrides)
+    text = tiny_text_settings(tok, overrides)
     grid = vision["image_size"] // vision["patch_size"]
     settings = dict(image_token_id=tok.image_token_id, vision_feature_layer=-2,
                     vision_feature_select_strategy="default", image_seq_length=grid * grid,

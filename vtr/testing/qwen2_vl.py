@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vtr.testing.configs import tiny_text_settings
 from vtr.testing.media import random_frames, random_image, row_prompt
 from vtr.testing.tokenizer import build_tokenizer
 
@@ -38,12 +39,9 @@ def build(seed: int, overrides: dict[str, Any]):
     vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     # sum(mrope_section) must be head_dim / 2 = 64 / 4 / 2 = 8
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text = tiny_text_settings(tok, overrides, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                 "mrope_section": [2, 3, 3]})
     vision.update(overrides.pop("vision", {}))
-    text.update(overrides.pop("text", {}))
     settings = dict(image_token_id=tok.image_token_id, video_token_id=tok.video_token_id,
                     vision_start_token_id=vision_start, vision_end_token_id=vision_end)
     settings.update(overrides)

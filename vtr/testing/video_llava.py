@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vtr.testing.media import random_frames, random_image, row_prompt
+from vtr.testing.configs import tiny_clip_settings, tiny_text_settings
 from vtr.testing.tokenizer import build_tokenizer
 
 KINDS = ("image", "video", "image+video")
@@ -29,13 +30,8 @@ def build(seed: int, overrides: dict[str, Any]):
                               VideoLlavaImageProcessor, VideoLlavaProcessor, VideoLlavaVideoProcessor)
 
     tok = build_tokenizer()
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  image_size=224, patch_size=14, projection_dim=64)
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision.update(overrides.pop("vision", {}))
-    text.update(overrides.pop("text", {}))
+    vision = tiny_clip_settings(224, overrides)
+    text = tiny_text_settings(tok, overrides)
     grid = vision["image_size"] // vision["patch_size"]
     settings = dict(image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
                     vision_feature_layer=-2, vision_feature_select_strategy="default",
