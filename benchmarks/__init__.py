@@ -1,0 +1,1 @@
+"""Benchmarks of vtr: efficiency (``python -m benchmarks.efficiency``) and, later, accuracy."""
