@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not part of the installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import efficiency  # noqa: E402
-from benchmarks.report import markers, replace_section, time_rounds  # noqa: E402
+from benchmarks import efficiency  # the repo root is on pytest's pythonpath (pyproject.toml)
+from benchmarks.report import markers, replace_section, time_rounds
 
 KEEPS = (0.5, 0.25, 0.1)
 
