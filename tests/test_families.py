@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vtr
+from helpers import generate_steps
 from vtr.testing import example_inputs, tiny_model
 
 CASES = [("llava", "image"), ("llava_next", "image"), ("qwen2_vl", "image"), ("qwen2_vl", "video"),
@@ -28,16 +29,8 @@ def case(request):
     return family, kind, model, processor
 
 
-def placeholder_ids(model):
-    config = model.config
-    names = ("image_token_id", "video_token_id", "image_token_index", "video_token_index")
-    return sorted({getattr(config, n) for n in names if getattr(config, n, None) is not None})
 
 
-def generate(model, inputs, n=3):
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=placeholder_ids(model))
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 @pytest.mark.parametrize("reducer", sorted(IDENTITY))
@@ -46,11 +39,11 @@ def test_identity_and_bitwise_unpatch(case, reducer):
     inputs = example_inputs(processor, family, kind, batch=2, seed=1)
     with torch.no_grad():
         ref_logits = model(**inputs).logits
-    ref_seq, ref_steps = generate(model, inputs)
+    ref_seq, ref_steps = generate_steps(model, inputs, n=3)
     with vtr.patched(model, reducer, **IDENTITY[reducer]):
         with torch.no_grad():
             assert torch.equal(model(**inputs).logits, ref_logits)
-        seq, steps = generate(model, inputs)
+        seq, steps = generate_steps(model, inputs, n=3)
         assert torch.equal(seq, ref_seq) and torch.equal(steps, ref_steps)
     assert not vtr.is_patched(model) and "forward" not in model.__dict__
     with torch.no_grad():
@@ -62,7 +55,7 @@ def test_reduces_and_batch_equals_single(case, reducer):
     family, kind, model, processor = case
     inputs = example_inputs(processor, family, kind, batch=2, seed=3)
     with vtr.patched(model, reducer, **REDUCING[reducer]):
-        seq, steps = generate(model, inputs)
+        seq, steps = generate_steps(model, inputs, n=3)
         stats = model.vtr.stats
         assert all(o < i for o, i in zip(stats.visual_tokens_out, stats.visual_tokens_in)), stats.summary()
         assert 0 < stats.flops_ratio < 1
@@ -71,7 +64,7 @@ def test_reduces_and_batch_equals_single(case, reducer):
         counts = stats.visual_tokens_out
         for b in range(2):
             single = example_inputs(processor, family, kind, batch=1, seed=3 + b)
-            seq1, steps1 = generate(model, single)
+            seq1, steps1 = generate_steps(model, single, n=3)
             assert model.vtr.stats.visual_tokens_out == [counts[b]]
             assert torch.equal(seq1[0, single["input_ids"].shape[1]:], seq[b, prompt:])
             torch.testing.assert_close(steps1[0], steps[b], rtol=0, atol=3e-5)

@@ -7,16 +7,18 @@ import pytest
 import torch
 
 import vtr
+from helpers import generate_output
 from reference import manual_pruned_logits
 from vtr.testing import chat_prompt, example_inputs, random_image
 
 IMPLS = ["sdpa", "eager"]
 
 
-def generate_steps(model, inputs, n=4):
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=[model.config.image_token_id])
+def generate_output_and_steps(model, inputs, n=4):
+    out = generate_output(model, inputs, n)
     return out, torch.stack(out.logits, dim=1)
+
+
 
 
 def ragged_inputs(processor, seed=0):
@@ -54,11 +56,11 @@ def test_keep_one_is_identity(llava, inputs2, impl):
     model.set_attn_implementation(impl)
     with torch.no_grad():
         ref = model(**inputs2).logits
-    ref_out, ref_steps = generate_steps(model, inputs2)
+    ref_out, ref_steps = generate_output_and_steps(model, inputs2)
     with vtr.patched(model, "fastv", keep=1.0):
         with torch.no_grad():
             assert torch.equal(model(**inputs2).logits, ref)
-        out, steps = generate_steps(model, inputs2)
+        out, steps = generate_output_and_steps(model, inputs2)
         assert torch.equal(out.sequences, ref_out.sequences) and torch.equal(steps, ref_steps)
 
 
@@ -97,7 +99,7 @@ def test_cached_generate_equals_no_cache_recompute(llava, impl):
     model.set_attn_implementation(impl)
     inputs = example_inputs(processor, "llava", batch=1, seed=5)
     vtr.patch(model, "fastv", keep=0.25, layer=2)
-    out, steps = generate_steps(model, inputs, n=5)
+    out, steps = generate_output_and_steps(model, inputs, n=5)
     prompt = inputs["input_ids"].shape[1]
     kept_prompt = model.vtr.stats.kept_columns[0]
     vtr.unpatch(model)
@@ -116,7 +118,7 @@ def test_batch_equals_single(llava, impl, ragged):
     inputs = ragged_inputs(processor) if ragged else example_inputs(processor, "llava", batch=2, seed=6)
     images_per_row = (inputs["input_ids"] == model.config.image_token_id).sum(1) // 576
     vtr.patch(model, "fastv", keep=0.25)
-    out, steps = generate_steps(model, inputs)
+    out, steps = generate_output_and_steps(model, inputs)
     kept = [kept_visual_columns(model, inputs, b) for b in range(2)]
     assert model.vtr.stats.visual_tokens_out == [144 * int(n) for n in images_per_row]
     first_image = 0
@@ -126,7 +128,7 @@ def test_batch_equals_single(llava, impl, ragged):
         single = {"input_ids": inputs["input_ids"][b:b + 1, row], "attention_mask": inputs["attention_mask"][b:b + 1, row],
                   "pixel_values": inputs["pixel_values"][first_image:first_image + n_images]}
         first_image += n_images
-        out1, steps1 = generate_steps(model, single)
+        out1, steps1 = generate_output_and_steps(model, single)
         shift = int((~row).sum())  # left padding of row b in the batch
         assert torch.equal(kept_visual_columns(model, single, 0) + shift, kept[b])
         assert torch.equal(out1.sequences[0, single["input_ids"].shape[1]:], out.sequences[b, inputs["input_ids"].shape[1]:])
@@ -136,7 +138,7 @@ def test_batch_equals_single(llava, impl, ragged):
 def test_kv_cache_holds_only_kept_tokens(llava, inputs2):
     model, _ = llava
     vtr.patch(model, "fastv", keep=0.25, layer=2)
-    out, _ = generate_steps(model, inputs2, n=3)
+    out, _ = generate_output_and_steps(model, inputs2, n=3)
     cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
     n = inputs2["input_ids"].shape[1]
     lengths = [cache.get_seq_length(i) for i in range(4)]
@@ -179,6 +181,6 @@ def test_bf16(llava, inputs2):
         with torch.no_grad():
             assert torch.equal(model(**inputs).logits, ref)
     vtr.patch(model, "fastv", keep=0.25)
-    out, _ = generate_steps(model, inputs, n=3)
+    out, _ = generate_output_and_steps(model, inputs, n=3)
     assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 3
     assert model.vtr.stats.visual_tokens_out == [144, 144]

@@ -3,22 +3,15 @@ import pytest
 import torch
 
 import vtr
+from helpers import forward_logits, generate_steps
 from reference import eager_cls_attention, oracle_forward, reference_topk
 from vtr.testing import chat_prompt, example_inputs, random_image
 
 REDUCERS = ["fastervlm", "random"]
 
 
-def forward_logits(model, inputs, **kwargs):
-    with torch.no_grad():
-        return model(**inputs, **kwargs).logits
 
 
-def generate_steps(model, inputs, n=4):
-    # Random weights may emit the <image> id, which a recompute would read as a placeholder.
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=[model.config.image_token_id])
-    return out.sequences, torch.stack(out.logits, dim=1)  # (B, T), (B, n, V)
 
 
 @pytest.mark.parametrize("reducer", REDUCERS)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vtr
+from helpers import forward_logits, generate_steps
 from reference import eager_cls_attention, reference_topk
 from vtr.testing import chat_prompt, example_inputs, random_image, tiny_model
 
@@ -75,15 +76,8 @@ def ratio_count(keep, n):
     return max(1, min(n, int(np.floor(keep * n + 0.5))))
 
 
-def forward_logits(model, inputs, **kwargs):
-    with torch.no_grad():
-        return model(**inputs, **kwargs).logits
 
 
-def generate_steps(model, inputs, n=4):
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=[model.config.image_token_id])
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 # -- properties ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vtr
+from helpers import forward_logits, generate_steps
 from reference_qwen2_vl import eager_received_attention, oracle_forward, reference_topk, unpatched_positions
 from vtr.testing import example_inputs, random_image, tiny_model
 from vtr.testing.qwen2_vl import media_prompt, random_video
@@ -23,9 +24,6 @@ def batch_inputs(processor, kind, batch=2, seed=1):
     return example_inputs(processor, "qwen2_vl", kind, batch=batch, seed=seed)
 
 
-def forward_logits(model, inputs, **kwargs):
-    with torch.no_grad():
-        return model(**inputs, **kwargs).logits
 
 
 def special_ids(model):
@@ -33,11 +31,6 @@ def special_ids(model):
     return [c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id]
 
 
-def generate_steps(model, inputs, n=4):
-    # Random weights may emit a placeholder id, which a recompute would read as a visual token.
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=special_ids(model))
-    return out.sequences, torch.stack(out.logits, dim=1)  # (B, T), (B, n, V)
 
 
 def budget(keep, n):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vtr
+from helpers import forward_logits, generate_steps
 from reference import reference_topk
 from vtr.testing import example_inputs, random_frames, random_image, tiny_model
 
@@ -46,16 +47,8 @@ def placeholders(model):
     return [model.config.image_token_id, model.config.video_token_id]
 
 
-def forward_logits(model, inputs, **kwargs):
-    with torch.no_grad():
-        return model(**inputs, **kwargs).logits
 
 
-def generate_steps(model, inputs, n=3):
-    # Random weights may emit a placeholder id, which a recompute would read as a visual token.
-    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, output_logits=True,
-                         return_dict_in_generate=True, suppress_tokens=placeholders(model))
-    return out.sequences, torch.stack(out.logits, dim=1)  # (B, T), (B, n, V)
 
 
 def unpatched_reference(built, cache, kind, batch=2):
