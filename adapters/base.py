@@ -54,6 +54,9 @@ class Adapter:
     model_classes: tuple[str, ...] = ()
     #: visual inputs this family accepts, by keyword
     visual_inputs: tuple[str, ...] = ("pixel_values",)
+    #: signals the call's reducer declared (``Reducer.vision_signals``), set by the pipeline before
+    #: :meth:`encode`: probes that cost something (every tower layer) run only when asked for
+    requested_signals: frozenset[str] = frozenset()
     #: the ``positions`` settings this family supports
     position_modes: tuple[str, ...] = ("original", "renumber")
     #: visual keywords of other families, mapped to why they are rejected here

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vtr.adapters.base import Encoded
-from vtr.adapters.llava import ClipTowerAdapter, first_given
+from vtr.adapters.llava import ClipTowerAdapter, first_given, tower_signals
 from vtr.splice import Segment
 from vtr.visual import Signals, View, VisualTokens
 
@@ -63,6 +63,7 @@ class PackedImages(Encoded):
     view_rows: list[torch.Tensor] = field(default_factory=list)
     image_views: list[list[int]] = field(default_factory=list)
     newline_rows: list[torch.Tensor] = field(default_factory=list)
+    view_features: list[torch.Tensor] = field(default_factory=list)  # per view, as encoded (before any merge)
 
 
 class LlavaNextAdapter(ClipTowerAdapter):
@@ -108,11 +109,18 @@ class LlavaNextAdapter(ClipTowerAdapter):
             scores = cls_scores()  # (total crops, side*side)
             return [scores[crop].index_select(0, patches.to(scores.device)) for crop, patches in view_crops]
 
-        signals = Signals(self.family, {"cls_attention": view_scores})
+        def per_view(scores: torch.Tensor) -> list[torch.Tensor]:  # (total crops, ..., side*side) -> views
+            return [scores[crop].index_select(-1, patches.to(scores.device)) for crop, patches in view_crops]
+
+        def anyres_layout() -> list[torch.Tensor]:
+            return self.anyres_layout(image_sizes, n_views, view_crops, image_views, view_rows, newline_rows, side)
+
+        signals = Signals(self.family, {"cls_attention": view_scores, **tower_signals(cls_scores, per_view),
+                                        "anyres_layout": anyres_layout})
         visual = VisualTokens(features, views, signals, notes=[UNPAD_NOTE] if dropped else [])
         segments = [Segment(s, len(p), config.image_token_id) for s, p in zip(samples, packed)]
         return [PackedImages("image", visual, outputs, segments, packed=packed, view_rows=view_rows,
-                             image_views=image_views, newline_rows=newline_rows)]
+                             image_views=image_views, newline_rows=newline_rows, view_features=list(features))]
 
     def packed_sources(self, packed, n_views: list[int], image_sizes, strategy: str, n_patches: int):
         """Per image, an ``(L_i,)`` int64 tensor: the ``view * n_patches + patch`` id of each packed
@@ -166,6 +174,36 @@ class LlavaNextAdapter(ClipTowerAdapter):
             first_crop += n_image_views
         return views, view_rows, view_crops, image_views, newline_rows
 
+    def anyres_layout(self, image_sizes, n_views, view_crops, image_views, view_rows, newline_rows, side):
+        """Per view, an int64 tensor ``[image, crop_row, crop_col, grid_rows, grid_cols, row0, col0, rows, cols]``
+        placing it in its image's AnyRes layout (the ``"anyres_layout"`` signal):
+
+        - ``crop_row, crop_col``: its cell in the image's ``grid_rows × grid_cols`` AnyRes grid of crops
+          (``-1, -1`` for the base view, the thumbnail);
+        - ``row0, col0``: its top-left surviving patch in the image's unpadded stitched crop grid of
+          ``rows × cols`` patches (``0, 0`` for the base view), read off the packed rows: after the base
+          view's ``side²`` rows, each grid row is ``cols`` patches followed by one ``image_newline``.
+        """
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+        config, n_base = self.model.config, side * side
+        layout, first = [None] * len(view_crops), 0
+        for image, (views, newlines) in enumerate(zip(image_views, newline_rows)):
+            grid_rows, grid_cols = get_anyres_image_grid_shape(
+                image_sizes[image], config.image_grid_pinpoints, config.vision_config.image_size)
+            rows = len(newlines)
+            cols = int(newlines[0]) - n_base if rows else 0
+            for v in views:
+                crop, _ = view_crops[v]
+                if crop == first:  # the base view
+                    cell = (-1, -1, 0, 0)
+                else:
+                    index, top_left = crop - first - 1, int(view_rows[v][0]) - n_base
+                    cell = (index // grid_cols, index % grid_cols, top_left // (cols + 1), top_left % (cols + 1))
+                layout[v] = torch.tensor([image, cell[0], cell[1], grid_rows, grid_cols, cell[2], cell[3], rows, cols])
+            first += n_views[image]
+        return layout
+
     def image_rows(self, input_ids: torch.Tensor, lengths: list[int]) -> list[int]:
         """Batch row of each image: images fill rows in order, ``lengths[i]`` placeholders each."""
         counts = (input_ids == self.model.config.image_token_id).sum(dim=1).tolist()
@@ -197,7 +235,17 @@ class LlavaNextAdapter(ClipTowerAdapter):
     def reduced_outputs(self, encoded: PackedImages, keep: list[torch.Tensor]):
         """``pooler_output`` = per image the packed ``(L_i', D)`` rows that were kept, in packed order."""
         outputs = encoded.outputs
-        outputs.pooler_output = [f.index_select(0, k.to(f.device)) for f, k in zip(encoded.packed, keep)]
+        packed = list(encoded.packed)
+        for image, views in enumerate(encoded.image_views):
+            # a merging reducer (MergedView) replaced these views' features: write them into the packed rows
+            merged = [v for v in views
+                      if encoded.view_features and encoded.visual.features[v] is not encoded.view_features[v]]
+            if merged:
+                packed[image] = packed[image].clone()
+                for v in merged:
+                    rows = encoded.view_rows[v].to(packed[image].device)
+                    packed[image][rows] = encoded.visual.features[v].to(packed[image].dtype)
+        outputs.pooler_output = [f.index_select(0, k.to(f.device)) for f, k in zip(packed, keep)]
         return outputs
 
     def splice(self, kwargs, encoded, keep, positions, for_generate):

@@ -33,10 +33,12 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vtr.adapters.base import Adapter, Encoded
+from vtr.signals import patch_attention_means
 from vtr.splice import Segment, gather_columns
-from vtr.visual import Signals, View, VisualTokens
+from vtr.visual import Signals, View, VisualTokens, number_views, prompt_rows
 
 #: (pixel key, grid key, feature function, config token id attribute) per modality
 MODALITIES = {
@@ -47,6 +49,12 @@ MODALITIES = {
 SUBSTITUTE_NOTE = (
     "cls_attention on qwen2_vl is the adapted received-attention substitute (no [CLS]): attention each merged "
     "token receives in vision block {block}, column mean over its image/frame group, head mean, 2x2 merge mean"
+)
+
+PATCH_ATTENTION_NOTE = (
+    "patch_attention_*_means on qwen2_vl (FoPru's significance) is adapted: the patch-to-patch attention of vision "
+    "block {block} (the last block feeds the PatchMerger projector) per image/frame group, head mean, then the "
+    "mean over each 2x2 merge window; there is no [CLS] to exclude"
 )
 
 
@@ -61,6 +69,7 @@ class PackedEncoded(Encoded):
     segment, from which :meth:`Qwen2VLAdapter.reduced_outputs` gathers the kept tokens."""
 
     items: list[torch.Tensor] = field(default_factory=list)
+    view_features: list[torch.Tensor] = field(default_factory=list)  # per view, as encoded (before any merge)
 
 
 class ReceivedAttentionProbe:
@@ -167,7 +176,46 @@ class Qwen2VLAdapter(Adapter):
 
     # -- encode ---------------------------------------------------------------------------------
     def encode(self, kwargs: dict) -> list[Encoded]:
-        return [self.encode_modality(modality, kwargs) for modality in present_modalities(kwargs)]
+        encoded = [self.encode_modality(modality, kwargs) for modality in present_modalities(kwargs)]
+        for e in encoded:
+            self.describe_media(e, kwargs)
+        return encoded
+
+    def describe_media(self, encoded: Encoded, kwargs: dict) -> None:
+        """Fill the optional :class:`~vtr.visual.VisualTokens` fields (item/frame of each view, prompt
+        ids, single-view model inputs, pixels) that reducers asking the model about views need (QuoTA).
+        A single view is shown to the LLM as a one-group video (video) or one image (image)."""
+        visual, modality = encoded.visual, encoded.modality
+        pixels_key, grid_key = MODALITIES[modality][:2]
+        grids = kwargs[grid_key]
+        visual.views = number_views(visual.views, [t if modality == "video" else 0 for t in grids[:, 0].tolist()])
+        visual.modality, visual.model = modality, self.model
+        visual.prompt_ids = prompt_rows(kwargs["input_ids"], kwargs.get("attention_mask"))
+        visual.view_pixels = functools.cache(lambda: self.first_frames(kwargs[pixels_key], grids))
+        visual.view_inputs = functools.partial(self.view_inputs, visual, modality)
+
+    def view_inputs(self, visual: VisualTokens, modality: str, views: list[int], input_ids: torch.Tensor) -> dict:
+        """``mm_encoder_outputs`` with the features of ``views`` (one per row of ``(n, L)`` ``input_ids``) and
+        their M-RoPE positions ``(3, n, L)``, each view laid out as a ``(1, h, w)`` grid of its own."""
+        merge = self.model.model.visual.spatial_merge_size
+        grid = torch.tensor([[1, visual.views[v].grid[0] * merge, visual.views[v].grid[1] * merge] for v in views],
+                            device=input_ids.device)
+        types = (input_ids == visual.views[views[0]].token_id).long() * (2 if modality == "video" else 1)
+        positions, _ = self.model.model.get_rope_index(input_ids, types, **{MODALITIES[modality][1]: grid})
+        outputs = BaseModelOutputWithPooling(pooler_output=tuple(visual.features[v] for v in views))
+        return {"mm_encoder_outputs": {modality: outputs}, "position_ids": positions}
+
+    def first_frames(self, pixels: torch.Tensor, grids: torch.Tensor) -> list[torch.Tensor]:
+        """Per frame group (or image), ``(3, H, W)``: its first frame, un-patchified from the processor's
+        ``(Σ t·h·w, C·tp·p·p)`` rows (patches come merge-window-major, channels before time)."""
+        vision = self.model.config.vision_config
+        p, m, tp = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        frames, start = [], 0
+        for t, h, w in grids.tolist():
+            x = pixels[start:start + t * h * w].reshape(t, h // m, w // m, m, m, -1, tp, p, p)
+            frames += list(x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t, tp, -1, h * p, w * p)[:, 0])
+            start += t * h * w
+        return frames
 
     def encode_modality(self, modality: str, kwargs: dict) -> Encoded:
         """Run the model's own feature function with a received-attention probe on ``signal_block``."""
@@ -194,9 +242,35 @@ class Qwen2VLAdapter(Adapter):
             views += [View(sample=sample, grid=grid, n_prefix=0, token_id=token_id)] * t
             segments.append(Segment(sample, item.shape[0], token_id))
         received = functools.cache(lambda: self.substitute_signal(probe, merge, tokens))
-        signals = Signals(self.family, {"cls_attention": received, "received_attention": received})
+        patch_means = {f"patch_attention_{kind}_means": functools.cache(
+            lambda probs=probs: self.patch_attention_signal(probe, merge, tokens, probs))
+            for probs, kind in ((False, "logit"), (True, "prob"))}
+        signals = Signals(self.family, {"cls_attention": received, "received_attention": received, **patch_means})
         tokens = VisualTokens(features, views, signals)
-        return PackedEncoded(modality, tokens, outputs, segments, items=items)
+        return PackedEncoded(modality, tokens, outputs, segments, items=items, view_features=list(features))
+
+    def patch_attention_signal(self, probe, merge: int, tokens: VisualTokens, probs: bool) -> list[torch.Tensor]:
+        """Per view ``(2, n_patches)``: column and row means of ``signal_block``'s patch-to-patch attention
+        (logits or probabilities) over the view's chunk, each averaged over the merge windows; noted as adapted."""
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        note = PATCH_ATTENTION_NOTE.format(block=self.signal_block)
+        if note not in tokens.notes:
+            tokens.notes.append(note)
+        if probe.qkv is None or probe.position_embeddings is None:
+            raise RuntimeError("the probed vision attention block did not run; is signal_block a valid block index?")
+        heads, n = probe.attention.num_heads, probe.qkv.shape[0]
+        q, k, _ = probe.qkv.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, d) each
+        q, k = apply_rotary_pos_emb_vision(q, k, *probe.position_embeddings)  # the model's own vision RoPE
+        bounds = probe.cu_seqlens.tolist()
+        scores = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            chunk = [x[start:end].reshape(1, end - start, -1) for x in (q, k)]  # (1, n_c, H*d)
+            means = patch_attention_means(*chunk, heads, probe.attention.scaling, probs=probs, n_prefix=0)[0]
+            scores.append(means.view(2, -1, merge * merge).mean(dim=-1))  # merge windows are runs of merge² patches
+        if [s.shape[-1] for s in scores] != [v.n_patches for v in tokens.views]:
+            raise RuntimeError("vision attention chunks do not line up with the image/frame-group views")
+        return scores
 
     def substitute_signal(self, probe: ReceivedAttentionProbe, merge: int, tokens: VisualTokens) -> list[torch.Tensor]:
         """Per view ``(n_patches,)`` received attention; notes the substitution where it is used."""
@@ -241,7 +315,16 @@ class Qwen2VLAdapter(Adapter):
 
     def reduced_outputs(self, encoded: Encoded, keep: list[torch.Tensor]):
         outputs = encoded.outputs
-        kept = tuple(f.index_select(0, k.to(f.device)) for f, k in zip(encoded.items, keep))
+        items, view = list(encoded.items), 0
+        for s, segment in enumerate(encoded.segments):
+            first, offset = view, 0
+            while offset < segment.n_tokens:
+                offset += encoded.visual.views[view].n_tokens
+                view += 1
+            features, original = encoded.visual.features[first:view], encoded.view_features[first:view]
+            if original and any(f is not o for f, o in zip(features, original)):
+                items[s] = torch.cat(features).to(items[s].dtype)  # a merging reducer (MergedView) replaced features
+        kept = tuple(f.index_select(0, k.to(f.device)) for f, k in zip(items, keep))
         return type(outputs)(**{**dict(outputs.items()), "pooler_output": kept})
 
     # -- positions ------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ import copy
 import torch
 
 from vtr.adapters.base import Encoded, with_prefix
-from vtr.adapters.llava import ClipTowerAdapter, first_given
+from vtr.adapters.llava import ClipTowerAdapter, first_given, tower_signals
 from vtr.splice import Segment
-from vtr.visual import Signals, View, VisualTokens
+from vtr.visual import Signals, View, VisualTokens, number_views, prompt_rows
 
 FRAME_CLS_DROPPED = ("video frames' [CLS] features are dropped (adapter option keep_frame_cls=False, not in "
                      "Video-LLaVA): T fewer tokens per video, and keep=1.0 is not the identity")
@@ -98,7 +98,27 @@ class VideoLlavaAdapter(ClipTowerAdapter):
             encoded.append(self.encode_images(kwargs["input_ids"], self.images(kwargs), layer, strategy))
         if kwargs.get("pixel_values_videos") is not None:
             encoded.append(self.encode_videos(kwargs["input_ids"], kwargs["pixel_values_videos"], layer))
+        for e in encoded:
+            self.describe_media(e, kwargs)
         return encoded
+
+    def describe_media(self, encoded: Encoded, kwargs: dict) -> None:
+        """Fill the optional :class:`~vtr.visual.VisualTokens` fields (item/frame of each view, prompt
+        ids, single-view model inputs, pixels) that reducers asking the model about views need (QuoTA).
+        A single view is shown to the LLM as a one-frame video (video) or one image (image)."""
+        visual, video = encoded.visual, encoded.modality == "video"
+        pixels = kwargs["pixel_values_videos"] if video else self.images(kwargs)
+        visual.views = number_views(visual.views, [pixels.shape[1] if video else 0] * pixels.shape[0])
+        visual.modality, visual.model = encoded.modality, self.model
+        visual.prompt_ids = prompt_rows(kwargs["input_ids"], kwargs.get("attention_mask"))
+        visual.view_pixels = lambda: list(pixels.flatten(0, 1) if video else pixels)
+
+        def view_inputs(views: list[int], input_ids: torch.Tensor) -> dict:
+            outputs = copy.copy(encoded.outputs)
+            outputs.pooler_output = torch.stack([visual.features[v] for v in views])  # (n, n_tokens, D)
+            return {"mm_encoder_outputs": {encoded.modality: outputs}}
+
+        visual.view_inputs = view_inputs
 
     def encode_images(self, input_ids, pixel_values, layer, strategy) -> Encoded:
         """One view per image; features ``(256, D)`` each (``(257, D)``, [CLS] first, under "full")."""
@@ -113,7 +133,7 @@ class VideoLlavaAdapter(ClipTowerAdapter):
         samples = self.media_rows(input_ids, config.image_token_id, "image", "pixel_values",
                                   len(features), features[0].shape[0])
         views = [View(sample=s, grid=(side, side), n_prefix=n_prefix, token_id=config.image_token_id) for s in samples]
-        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores())})
+        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores()), **tower_signals(cls_scores, list)})
         return Encoded("image", VisualTokens(features, views, signals), outputs)
 
     def encode_videos(self, input_ids, pixel_values_videos, layer) -> Encoded:
@@ -133,7 +153,8 @@ class VideoLlavaAdapter(ClipTowerAdapter):
         views = [View(sample=s, grid=(side, side), n_prefix=n_prefix, token_id=config.video_token_id)
                  for s in samples for _ in range(n_frames)]
         segments = [Segment(s, n_frames * frames.shape[1], config.video_token_id) for s in samples]
-        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores())})  # (T·n_videos, 256)
+        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores()),  # (T·n_videos, 256)
+                                        **tower_signals(cls_scores, list)})
         notes = [] if self.keep_frame_cls else [FRAME_CLS_DROPPED]
         return Encoded("video", VisualTokens(features, views, signals, notes), outputs, segments)
 

@@ -123,6 +123,14 @@ def test_unsupported_model_names_supported_families():
     assert not hasattr(model, "vtr") and "forward" not in model.__dict__
 
 
+@pytest.mark.parametrize("reducer", ["quota", "globalcom2"])
+def test_reducers_for_other_families_are_refused_at_patch_time(llava, reducer):
+    model, _ = llava
+    with pytest.raises(ValueError, match=f"reducer '{reducer}' works on .* models, not 'llava'.*fastervlm"):
+        vtr.patch(model, reducer)
+    assert not vtr.is_patched(model) and "forward" not in model.__dict__
+
+
 def test_double_patch_says_how_to_unpatch(llava):
     model, _ = llava
     vtr.patch(model, "fastervlm")

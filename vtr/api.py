@@ -62,12 +62,19 @@ class VTRHandle:
     def unpatch(self) -> torch.nn.Module:
         return unpatch(self._model)
 
+    @property
+    def original_forward(self):
+        """The model's forward as it was before patching: runs without any reduction (for reducers
+        that consult the model itself, such as QuoTA's scorer, without re-entering the patch)."""
+        return self._original_forward
+
     # -- installation ---------------------------------------------------------------------------
     def _install(self) -> None:
         model = self._model
         for name in _WRAPPED:
             self._saved[name] = model.__dict__.get(name, _MISSING)
         original_forward, original_generate = model.forward, model.generate
+        self._original_forward = original_forward
 
         @functools.wraps(original_forward)  # generate inspects forward's signature
         def forward(*args, **kwargs):
@@ -166,6 +173,11 @@ def patch(model: torch.nn.Module, reducer: str | ReducerConfig, **config: Any) -
     spec, cfg = make_config(reducer, config)
     adapter = adapter_for(model)
     check_positions(adapter, cfg)
+    families = spec.reducer_class.families
+    if families is not None and adapter.family not in families:
+        hint = spec.reducer_class.family_hint
+        raise ValueError(f"reducer {spec.name!r} works on {', '.join(families)} models, not {adapter.family!r}"
+                         + (f"; {hint}" if hint else ""))
     VTRHandle(model, adapter, spec, cfg)._install()
     return model
 

@@ -75,6 +75,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
         record_llm_input(stats, adapter, kwargs)
         return kwargs  # the model encodes its visual inputs itself; the in-LLM stage prunes later
     start = time.perf_counter()
+    adapter.requested_signals = frozenset(handle.spec.reducer_class.vision_signals)
     encoded = adapter.encode(kwargs)
     stats.seconds["vision"] = time.perf_counter() - start
     if not encoded:  # a text-only call: nothing to reduce

@@ -4,8 +4,8 @@ Reducers are written against these classes, never against a model class; adapter
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 
@@ -19,12 +19,18 @@ class View:
         grid: ``(h, w)`` of its patch tokens, in raster order.
         n_prefix: tokens before the patches that are always kept (a [CLS] kept as a feature).
         token_id: the placeholder token id that stands for this view's tokens in ``input_ids``.
+        item: which image/video of its modality in the call this view belongs to (in view order);
+            -1 when the adapter does not say.
+        frame: the view's frame (Video-LLaVA) or frame group (Qwen2-VL) index inside its video;
+            -1 for images and when the adapter does not say.
     """
 
     sample: int
     grid: tuple[int, int]
     n_prefix: int
     token_id: int
+    item: int = -1
+    frame: int = -1
 
     @property
     def n_patches(self) -> int:
@@ -71,12 +77,51 @@ class VisualTokens:
             prefix tokens first.
         views: the layout of each view, same order as ``features``.
         signals: lazily computed per-view signals (see :class:`Signals`).
+
+    Optional, for reducers that ask the model itself about the media (QuoTA); adapters that
+    support it fill them, others leave the defaults:
+
+    Attributes:
+        modality: ``"image"`` or ``"video"`` (``""`` when the adapter does not say).
+        prompt_ids: per batch row, the caller's ``(N_b,)`` prompt ids with padding removed.
+        model: the model being called (patched), to run its original forward.
+        view_inputs: ``(views, input_ids) -> kwargs``: given view indices and ``(n, L)`` ids whose
+            row ``i`` holds one run of ``views[i]``'s ``n_tokens`` placeholders (``token_id``), the
+            extra keyword arguments of the model's forward that put those views' features there
+            (``mm_encoder_outputs``, and positions where the family needs them).
+        view_pixels: lazily, per view, the ``(3, H, W)`` normalised pixels its vision tower saw
+            (the first frame of a Qwen2-VL frame group).
     """
 
     features: list[torch.Tensor]
     views: list[View]
     signals: Signals
     notes: list[str] = field(default_factory=list)
+    modality: str = ""
+    prompt_ids: list[torch.Tensor] | None = None
+    model: Any = field(default=None, repr=False)
+    view_inputs: Callable[[list[int], torch.Tensor], dict] | None = field(default=None, repr=False)
+    view_pixels: Callable[[], list[torch.Tensor]] | None = field(default=None, repr=False)
 
     def signal(self, name: str) -> list[torch.Tensor]:
         return self.signals(name)
+
+
+def number_views(views: list[View], frames_per_item: list[int]) -> list[View]:
+    """``views`` (item-major, ``frames_per_item[i]`` consecutive views for item ``i``) with ``item``
+    and ``frame`` filled; an item with one view and ``frames_per_item`` 0 is an image (``frame=-1``)."""
+    numbered, v = [], 0
+    for item, n in enumerate(frames_per_item):
+        for f in range(max(n, 1)):
+            numbered.append(replace(views[v], item=item, frame=f if n else -1))
+            v += 1
+    if v != len(views):
+        raise RuntimeError(f"{len(views)} views do not match {sum(max(n, 1) for n in frames_per_item)} frames")
+    return numbered
+
+
+def prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per row of ``(B, N)`` ids, the ``(N_b,)`` ids that are not padding (all when there is no mask)."""
+    if attention_mask is None:
+        return list(input_ids)
+    return [row[mask.to(row.device).bool()] for row, mask in zip(input_ids, attention_mask)]

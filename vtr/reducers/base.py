@@ -40,6 +40,13 @@ class Reducer:
 
     config_class: type[ReducerConfig] = ReducerConfig
     name: str = "?"  # set by @register_reducer
+    #: signals whose probes must be set up before the vision tower runs (e.g. every layer's [CLS]
+    #: row); the cheap ones (the feature layer's q/k) are always available lazily
+    vision_signals: tuple[str, ...] = ()
+    #: families the reducer works on; ``None`` for all (checked at patch time)
+    families: tuple[str, ...] | None = None
+    #: what to use instead, said when a family is refused
+    family_hint: str = ""
 
     def __init__(self, config: ReducerConfig) -> None:
         self.config = config

@@ -1,0 +1,153 @@
+"""GlobalCom²: compress LLaVA-NeXT's AnyRes crops under the guidance of the thumbnail.
+
+Paper: "Global Compression Commander" (first titled "Compression with Global Guidance"), arXiv 2501.05179
+(code: xuyang-liu16/GlobalCom2, ``llava/model/llava_arch.py``: ``generate_scale_for_crop_features``,
+``interpolate_and_split_cls_attn_scores``, ``compress_thumbnail``, ``compress_crops``).
+
+Signal: the [CLS]→patch attention *logits* (pre-softmax, mean over heads) of the **last** vision
+layer (not the feature layer), for the thumbnail (base view) and for each crop. With the overall
+retention ratio ``r = keep`` (reference default 0.25), per image:
+
+1. Thumbnail: keep ``⌊P·r⌋`` patches by its own score.
+2. Per-crop ratio: each thumbnail cell ``(i, j)`` of its ``s×s`` grid belongs to crop cell
+   ``(min(i // (s // n_h), n_h−1), min(j // (s // n_w), n_w−1))`` of the ``n_h×n_w`` AnyRes grid;
+   ``g_k`` = sum of the thumbnail scores of crop ``k``; ``σ = softmax((g − max g)/T)`` with ``T = 10``;
+   ``r_k = min(1, r·(1 + σ_k − mean σ))`` (:func:`crop_retention`).
+3. Per crop, over its patches that survive unpadding: score = ``L2norm(local) + L2norm(global)``,
+   ``local`` = the crop's own [CLS] scores, ``global`` = the thumbnail's score map bilinearly resized
+   (``align_corners=False``) to the image's unpadded crop grid and cut to the crop's rectangle; keep
+   the top ``⌊N_k·r_k⌋`` in raster order. ``image_newline`` rows are always kept (by the adapter).
+
+Deviations from the reference code:
+- Thumbnail tokens are kept in spatial (raster) order, like every other view; the reference emits
+  them in descending score order. ``thumbnail_order="score"`` reproduces that (the thumbnail's kept
+  features are placed in score order into its kept slots; pair it with ``positions="renumber"``, as
+  the reference, since with original positions each slot keeps its own patch's position id).
+- Counts are at least 1 per view (the engine keeps no empty view); ``keep=1.0`` keeps everything (the
+  formula would keep fewer than all tokens of below-average crops, so ``r = 1`` is made the identity).
+- ``keep`` must be a float ratio: one count cannot be shared by crops with different ratios.
+- Scores come from the last layer's q/k projections, recorded while the tower runs (the reducer
+  declares ``vision_signals``), not from a monkey-patched eager CLIP attention; same values (tested).
+- Batches of any size (the reference asserts batch size 1); no fp16 cast of the output.
+- Positions: original position ids by default; ``positions="renumber"`` renumbers, as the reference.
+- LLaVA-NeXT only: any other family raises a ``ValueError`` that points to ``fastervlm`` (at call time,
+  as reducers do not see the model family when they are patched in).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vtr.reducers.base import MergedView, Reducer
+from vtr.registry import ReducerConfig, register_reducer
+from vtr.select import keep_topk_in_order
+from vtr.visual import VisualTokens
+
+ORDERS = ("spatial", "score")
+
+
+@dataclass
+class GlobalCom2Config(ReducerConfig):
+    """``keep``: overall retention ratio ``r`` (float). ``temperature``: ``T`` of the crop softmax.
+    ``thumbnail_order``: ``"spatial"`` (default) or ``"score"`` (the reference's emission order)."""
+
+    keep: float = 0.25
+    temperature: float = 10.0
+    thumbnail_order: str = "spatial"
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.keep, float):
+            raise TypeError(f"keep for globalcom2 is the overall retention ratio, a float in (0, 1], got "
+                            f"{type(self.keep).__name__} {self.keep!r} (crops get different ratios, so a count has "
+                            "no meaning)")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(f"temperature must be a number > 0, got {t!r}")
+        if self.thumbnail_order not in ORDERS:
+            raise ValueError(f"thumbnail_order must be one of {ORDERS}, got {self.thumbnail_order!r}")
+
+
+def crop_retention(thumbnail: torch.Tensor, grid: tuple[int, int], ratio: float, temperature: float) -> torch.Tensor:
+    """Per-crop retention ratios from the thumbnail's scores.
+
+    Args:
+        thumbnail: ``(s, s)`` thumbnail scores.
+        grid: ``(n_h, n_w)`` crops of the AnyRes grid.
+    Returns:
+        ``(n_h, n_w)`` float32 ratios ``min(1, ratio·(1 + σ_k − mean σ))``.
+    """
+    n_h, n_w = grid
+    s_h, s_w = thumbnail.shape
+    rows = (torch.arange(s_h, device=thumbnail.device) // max(1, s_h // n_h)).clamp(max=n_h - 1)
+    cols = (torch.arange(s_w, device=thumbnail.device) // max(1, s_w // n_w)).clamp(max=n_w - 1)
+    crop = (rows[:, None] * n_w + cols[None, :]).flatten()
+    sums = torch.zeros(n_h * n_w, dtype=torch.float32, device=thumbnail.device)
+    sums.index_add_(0, crop, thumbnail.float().flatten())
+    sigma = ((sums - sums.max()) / temperature).softmax(dim=0)
+    return (ratio * (1 + sigma - sigma.mean())).clamp(max=1.0).view(n_h, n_w)
+
+
+def count(n: int, ratio: float) -> int:
+    """The reference's ``int(n · ratio)``, at least 1."""
+    return max(1, min(n, math.floor(n * ratio)))
+
+
+@register_reducer("globalcom2")
+class GlobalCom2(Reducer):
+    """LLaVA-NeXT AnyRes: thumbnail [CLS] logits set per-crop ratios; crops ranked by local + global scores."""
+
+    config_class = GlobalCom2Config
+    families = ("llava_next",)
+    family_hint = "globalcom2 needs AnyRes views (a thumbnail and crops); use 'fastervlm' for other models"
+    vision_signals = ("cls_logits_layers",)  # the last layer's [CLS] row is recorded only for reducers that ask
+
+    def plan(self, visual: VisualTokens) -> list[torch.Tensor | MergedView]:
+        if "anyres_layout" not in visual.signals.available:
+            raise ValueError(
+                f"globalcom2 compresses LLaVA-NeXT's AnyRes input (a thumbnail plus high-resolution crops); "
+                f"{visual.signals.family!r} models have no AnyRes views. Use 'fastervlm' instead (top [CLS] "
+                "attention per view)"
+            )
+        layout = [t.tolist() for t in visual.signal("anyres_layout")]
+        if self.config.keep >= 1.0:
+            return [torch.arange(v.n_patches) for v in visual.views]
+        scores = [rows[-1] for rows in visual.signal("cls_logits_layers")]  # the last layer, (n_patches,)
+        plans: list = [None] * len(visual.views)
+        for image in sorted({entry[0] for entry in layout}):
+            views = [v for v, entry in enumerate(layout) if entry[0] == image]
+            base = next(v for v in views if layout[v][1] < 0)
+            plans[base] = self.thumbnail_plan(visual, base, scores[base])
+            crops = [v for v in views if v != base]
+            if crops:
+                for v, kept in zip(crops, self.crop_plans(visual, layout, base, crops, scores)):
+                    plans[v] = kept
+        return plans
+
+    def thumbnail_plan(self, visual: VisualTokens, base: int, scores: torch.Tensor):
+        kept = keep_topk_in_order(scores, count(len(scores), self.config.keep))
+        if self.config.thumbnail_order == "spatial":
+            return kept
+        order = kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+        features = visual.features[base][visual.views[base].n_prefix:]
+        return MergedView(kept, features[order.to(features.device)])
+
+    def crop_plans(self, visual: VisualTokens, layout, base: int, crops: list[int], scores) -> list[torch.Tensor]:
+        """Kept patches of each crop view of one image (``layout``: the ``"anyres_layout"`` rows)."""
+        side_h, side_w = visual.views[base].grid
+        thumbnail = scores[base].float().view(side_h, side_w)
+        _, _, _, grid_rows, grid_cols, _, _, rows, cols = layout[base]
+        ratios = crop_retention(thumbnail, (grid_rows, grid_cols), self.config.keep, self.config.temperature)
+        guide = F.interpolate(thumbnail[None, None], size=(rows, cols), mode="bilinear", align_corners=False)[0, 0]
+        plans = []
+        for v in crops:
+            _, crop_row, crop_col, _, _, row0, col0, _, _ = layout[v]
+            h, w = visual.views[v].grid
+            local = F.normalize(scores[v].float(), dim=0)
+            global_ = F.normalize(guide[row0:row0 + h, col0:col0 + w].flatten(), dim=0)
+            ratio = float(ratios[crop_row, crop_col])
+            plans.append(keep_topk_in_order(local + global_, count(h * w, ratio)))
+        return plans
