@@ -293,3 +293,94 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class RoundSummary:
+    """Clean samples and ratios of one :func:`time_rounds` run, looked up by variant label.
+
+    A sample is clean when other processes kept at most ``max_foreign`` cores busy during the call.
+    A variant with no clean sample falls back to all of its samples (``contended(label)`` says so).
+
+    >>> s = RoundSummary([v.label for v in vs], timing, max_foreign=0.25)
+    >>> s.row("unpatched")["min_s"], s.ratio("unpatched", "fastervlm@0.1")["min"]
+    """
+
+    def __init__(self, labels: Sequence[str], timing: dict, max_foreign: float) -> None:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"variant labels must be unique, got {list(labels)}")
+        self.raw = dict(zip(labels, timing["seconds"]))
+        self.foreign = dict(zip(labels, timing["foreign"]))
+        self.clean = {k: [f is None or f <= max_foreign for f in fs] for k, fs in self.foreign.items()}
+
+    def n_clean(self, label: str) -> int:
+        return sum(self.clean[label])
+
+    def contended(self, label: str) -> bool:
+        return not any(self.clean[label])
+
+    def samples(self, label: str) -> list[float]:
+        """The clean samples of ``label`` (all samples when none is clean)."""
+        kept = [t for t, c in zip(self.raw[label], self.clean[label]) if c]
+        return kept or list(self.raw[label])
+
+    def ratio(self, num: str, den: str) -> dict[str, float]:
+        """``min``: ratio of the min times; ``paired``: median of per-round ratios over rounds where
+        both calls were clean (all rounds when there is none)."""
+        both = [(a, b) for a, b, ca, cb in zip(self.raw[num], self.raw[den], self.clean[num], self.clean[den])
+                if ca and cb]
+        paired = paired_median(*zip(*both)) if both else paired_median(self.raw[num], self.raw[den])
+        return {"min": min(self.samples(num)) / min(self.samples(den)), "paired": paired}
+
+    def row(self, label: str) -> dict[str, Any]:
+        """``min_s``, ``median_s``, ``n_clean``, ``contended`` and the raw ``times_s`` / ``foreign_cores``."""
+        t = self.samples(label)
+        return dict(min_s=min(t), median_s=statistics.median(t), n_clean=self.n_clean(label),
+                    contended=self.contended(label), times_s=list(self.raw[label]),
+                    foreign_cores=list(self.foreign[label]))
+
+    def spread(self) -> tuple[float, float]:
+        """Smallest and largest ``median / min - 1`` over the variants: how far clean samples spread."""
+        values = [statistics.median(self.samples(k)) / min(self.samples(k)) - 1 for k in self.raw]
+        return min(values), max(values)
+
+    def dropped(self) -> tuple[int, int]:
+        """``(discarded calls, all measured calls)``."""
+        total = sum(len(c) for c in self.clean.values())
+        return total - sum(sum(c) for c in self.clean.values()), total
+
+
+def ratio_cell(ratio: dict[str, float] | None, digits: int = 3, suffix: str = "") -> str:
+    """``"0.917 (0.965)"``: the min-time ratio and, in brackets, the paired median; ``"—"`` for None."""
+    if not ratio:
+        return "—"
+    return f"{ratio['min']:.{digits}f}{suffix} ({ratio['paired']:.{digits}f}{suffix})"
+
+
+def kv_cache_mib(output: Any) -> float:
+    """MiB held by the KV cache a prefill returned (keys + values of every layer)."""
+    return sum(n for n in kv_cache_bytes(output)) / 2**20
+
+
+def kv_cache_bytes(output: Any) -> list[int]:
+    """Bytes of keys + values per decoder layer of the cache a prefill returned (``output.cache``)."""
+    import torch
+
+    sizes = []
+    for layer in getattr(getattr(output, "cache", None), "layers", []) or []:
+        total = 0
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+        sizes.append(total)
+    return sizes
+
+
+def kv_cache_lengths(output: Any) -> list[int]:
+    """Cached sequence length per decoder layer (entries along the sequence axis of the keys)."""
+    import torch
+
+    lengths = []
+    for layer in getattr(getattr(output, "cache", None), "layers", []) or []:
+        keys = getattr(layer, "keys", None)
+        lengths.append(int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.ndim >= 2 else 0)
+    return lengths

@@ -1,0 +1,133 @@
+"""Scoring overhead of every pre-LLM reducer: patched prefill against an oracle fed the same kept count.
+
+``python -m benchmarks.overhead [--quick] [--keep 0.25] [--repeats 5]``
+
+On the efficiency benchmark's LLaVA-1.5-shaped model (576 visual tokens), each pre-LLM reducer runs
+patched at the same ``keep``; the oracle is the stock model given the same number of kept tokens,
+indices known in advance (vision tower + projector, gather, shrunk prompt, LLM). The oracle's cost
+does not depend on which tokens are kept, only on how many, so (patched)/(oracle) is what the
+reducer's scoring and vtr's splicing cost on top of a perfect zero-overhead selection. Merging
+reducers (``pool``, ``aim`` merge stage) are compared with an oracle that gathers the same count.
+Figures go to BENCHMARKS.md (section ``overhead``) and ``benchmarks/results/overhead.json``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import vtr
+from benchmarks.efficiency import FULL, QUICK, build, oracle_prefill
+from benchmarks.report import (RoundSummary, machine_info, machine_line, markdown_table, ratio_cell,
+                               replace_section, time_rounds, write_json)
+
+SECTION = "overhead"
+#: (reducer, settings beyond keep) — every reducer with a pre-LLM stage that runs on LLaVA-1.5
+CASES = [("fastervlm", {}), ("random", {}), ("fopru", {}), ("fopru", {"strategy": "row"}), ("vtc_cls", {}),
+         ("pool", {}), ("aim", {"prune": False})]
+
+
+@dataclass
+class Call:
+    label: str
+    run: Callable[[], object]
+    context: Callable = lambda: __import__("contextlib").nullcontext()
+
+
+def case_label(name: str, settings: dict) -> str:
+    return name + "".join(f" {k}={v}" for k, v in settings.items())
+
+
+def kept_patches(b, name: str, settings: dict, keep: float) -> tuple[torch.Tensor, float]:
+    """One untimed patched call: the kept patch indices and the analytic FLOPs ratio."""
+    with vtr.patched(b.model, name, keep=keep, **settings):
+        with torch.no_grad():
+            b.model(**b.inputs, logits_to_keep=1)
+        stats = b.model.vtr.stats
+    return stats.views[0].kept.long(), stats.flops_ratio
+
+
+def main(argv: list[str] | None = None, log=print) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke test)")
+    p.add_argument("--keep", type=float, default=0.25)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-foreign", type=float, default=0.25, help="discard calls during which others used more cores")
+    p.add_argument("--max-seconds", type=float, default=240.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--md", default="BENCHMARKS.md")
+    p.add_argument("--json", default="benchmarks/results/overhead.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.repeats, args.max_foreign = 0, 1, float("inf")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = QUICK if args.quick else FULL
+    with torch.no_grad():
+        b = build(config, seed=0)
+        cases = {}
+        for name, settings in CASES:
+            kept, flops = kept_patches(b, name, settings, args.keep)
+            cases[case_label(name, settings)] = dict(name=name, settings=settings, kept=kept, flops_ratio=flops)
+        calls = [Call("unpatched", lambda: b.model(**b.inputs, logits_to_keep=1))]
+        oracles = {}
+        for label, case in cases.items():
+            k = len(case["kept"])
+            if k not in oracles:  # the oracle's cost depends on the count only
+                oracles[k] = f"oracle k={k}"
+                calls.append(Call(oracles[k], lambda kept=case["kept"]: oracle_prefill(b, kept)))
+            calls.append(Call(label, lambda: b.model(**b.inputs, logits_to_keep=1),
+                              lambda case=case: vtr.patched(b.model, case["name"], keep=args.keep, **case["settings"])))
+        timing = time_rounds(calls, args.warmup, args.repeats, args.max_foreign, args.max_seconds, log=log)
+    summary = RoundSummary([c.label for c in calls], timing, args.max_foreign)
+    info = machine_info(dtype="float32", attention="sdpa", threads=args.threads)
+    rows, records = [], []
+    for label, case in cases.items():
+        k = len(case["kept"])
+        row = summary.row(label)
+        overhead = summary.ratio(label, oracles[k])
+        speedup = summary.ratio("unpatched", label)
+        records.append(dict(reducer=label, keep=args.keep, visual_tokens=k, flops_ratio=case["flops_ratio"],
+                            overhead_vs_oracle=overhead, speedup_vs_unpatched=speedup, **row))
+        rows.append([f"`{label}`", k, f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
+                     ratio_cell(overhead), ratio_cell(speedup, 2, "×"), f"{case['flops_ratio']:.3f}"])
+    for k, label in oracles.items():
+        row = summary.row(label)
+        rows.append([f"oracle ({k} kept tokens)", k, f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
+                     "—", ratio_cell(summary.ratio("unpatched", label), 2, "×"), "—"])
+    base = summary.row("unpatched")
+    rows.append(["unpatched", 576 if not args.quick else "all", f"{base['min_s']:.3f}", f"{base['median_s']:.3f}",
+                 base["n_clean"], "—", "1.00×", "1.000"])
+    dropped, total = summary.dropped()
+    md = "\n".join([
+        "## Scoring overhead of the pre-LLM reducers (`python -m benchmarks.overhead`)",
+        "",
+        f"The efficiency benchmark's model (LLaVA-1.5 geometry, 576 visual tokens, random weights), batch 1, "
+        f"keep = {args.keep}. Each reducer's patched prefill is compared with the oracle fed the same number of "
+        "kept tokens (indices known in advance): **overhead = patched / oracle**, what scoring and splicing add "
+        "on top of a zero-cost selection (1.00 = free). Speed-up is against the unpatched prefill. "
+        f"Interleaved rounds after {args.warmup} warm-up rounds; {dropped} of {total} calls discarded because other "
+        "processes were busy. Ratios: min-time ratio (median of per-round ratios).",
+        "",
+        markdown_table(["reducer", "visual tokens", "min s", "median s", "n", "overhead vs oracle",
+                        "speed-up vs unpatched", "FLOPs ratio"], rows),
+        "",
+        "`globalcom2` needs LLaVA-NeXT's AnyRes input and `quota` video input, so they are not in this table.",
+        "",
+        machine_line(info),
+    ])
+    if timing["budget_hit"]:
+        md += "\n\n**Not enough quiet time: some rows have fewer clean samples than asked; treat them as rough.**"
+    replace_section(args.md, SECTION, md)
+    result = dict(machine=info, keep=args.keep, rows=records, oracles={str(k): summary.row(v) for k, v in oracles.items()},
+                  unpatched=base, quick=args.quick)
+    write_json(args.json, result)
+    log(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
