@@ -1,0 +1,53 @@
+"""The shipped checkpoint ``models/tiny-llava-shapes``: loads like any model, scores what it recorded, and
+pruning by [CLS] attention beats random pruning on it (a regression test for selection quality).
+
+The recorded numbers are in ``models/tiny-llava-shapes/eval.json`` (``test_slices``), written by
+``python -m benchmarks.accuracy --record``. Weights and data are fixed, so the scores are deterministic up to
+floating-point summation order across machines; one question of slack is allowed for that.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.accuracy import MODEL, SLICE_BATCH, SLICES, load, score
+from benchmarks.synthetic import test_set as held_out_set
+
+pytestmark = pytest.mark.skipif(not (MODEL / "eval.json").exists(), reason="models/tiny-llava-shapes not present")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import torch
+
+    torch.set_num_threads(2)
+    model, processor = load()
+    recorded = json.loads((MODEL / "eval.json").read_text())
+    return model, processor, recorded
+
+
+def test_checkpoint_is_stock_small_and_reaches_its_recorded_accuracy(shipped):
+    from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+    model, processor, recorded = shipped
+    assert type(model) is LlavaForConditionalGeneration
+    assert isinstance(processor, LlavaProcessor) and isinstance(processor.image_processor, CLIPImageProcessor)
+    assert (MODEL / "model.safetensors").stat().st_size <= 20 * 2**20
+    assert model.config.image_seq_length == 144 and model.config.vision_config.patch_size == 8
+    _, _, n = SLICES["unpruned"]
+    got = score(model, processor, held_out_set()[:n], batch=SLICE_BATCH)
+    want = recorded["test_slices"]["unpruned"]["accuracy"]
+    assert got["accuracy"] == pytest.approx(want, abs=1 / n + 1e-9)
+    assert got["accuracy"] > recorded["majority"]["overall"]["accuracy"]  # it learned something
+
+
+def test_fastervlm_beats_random_at_keep_0_1(shipped):
+    model, processor, recorded = shipped
+    got = {}
+    for name in ("fastervlm@0.1", "random@0.1"):
+        reducer, keep, n = SLICES[name]
+        got[name] = score(model, processor, held_out_set()[:n], reducer, keep, SLICE_BATCH)
+        assert got[name]["visual_tokens_kept"] == 14
+        assert got[name]["accuracy"] == pytest.approx(recorded["test_slices"][name]["accuracy"], abs=1 / n + 1e-9)
+    assert got["fastervlm@0.1"]["accuracy"] > got["random@0.1"]["accuracy"]
