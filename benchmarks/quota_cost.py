@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decouple-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--md", type=Path, default=Path("BENCHMARKS.md"), help="markdown file whose quota_cost section is replaced")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +120,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = summarise(rows, args, analytic)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    from benchmarks.report import machine_info, machine_line, replace_section
+
+    result["machine"] = machine_info(dtype="float32", threads=torch.get_num_threads())
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    replace_section(args.md, "quota_cost", "## QuoTA: cost of the scoring pass (`python -m benchmarks.quota_cost`)\n\n"
+                    + text + "\n\n" + machine_line(result["machine"]))
+    print(text)
     return result
 
 
