@@ -91,10 +91,16 @@ def test_first_prune_equals_pagerank_of_eager_attention(llava8, impl):
     assert stats.stages["llm_layer_6"]["out"] == [0, 0]
     for b in range(2):
         visual = (inputs["input_ids"][b, llm_input[b]] == model.config.image_token_id).nonzero().squeeze(1)
-        expected = visual[torch.topk(importance[b, visual], 72).indices].sort().values
+        scores = importance[b]
+        threshold = scores[visual].topk(72).values[-1]
         kept = stats.llm_columns[5][b]
         kept_visual = kept[torch.isin(kept, visual)]
-        assert torch.equal(kept_visual, expected)
+        # τ = 0.1 sharpens the softmax tenfold, so float32 (vtr) and float64 (reference) may order
+        # near-ties differently: every kept token must score within a hair of the 72nd best.
+        assert len(kept_visual) == 72
+        assert (scores[kept_visual] >= threshold * (1 - 1e-4)).all()
+        expected = visual[torch.topk(scores[visual], 72).indices].sort().values
+        assert len(set(kept_visual.tolist()) - set(expected.tolist())) <= 1  # at most one near-tie swapped
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
