@@ -1,0 +1,107 @@
+"""The families benchmark's smoke run: every case and variant is measured, token counts follow each
+family's geometry, the oracle computes what the patched model does (logits and LLM position ids),
+FLOPs shrink with keep, and the markdown section is written once.
+
+No timing assertions: the machine's speed is not under test, the benchmark's bookkeeping is.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import families  # the repo root is on pytest's pythonpath (pyproject.toml)
+from benchmarks.report import markers, replace_section
+from vtr.select import keep_count
+
+KEEPS = (0.25, 0.1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("families")
+    md, js = out / "BENCHMARKS.md", out / "families.json"
+    result = families.main(["--quick", "--md", str(md), "--json", str(js)], log=lambda *_: None)
+    return dict(result=result, md=md, json=json.loads(js.read_text()))
+
+
+def cases(run):
+    return {c["case"]: c for c in run["json"]["cases"]}
+
+
+def test_every_case_and_variant_is_timed(run):
+    assert set(cases(run)) == set(families.CASES)
+    for case in run["json"]["cases"]:
+        rows = case["summary"]["rows"]
+        got = {(r["variant"], r["keep"]) for r in rows}
+        assert got == {("unpatched", None), ("vision", None)} | {(v, k) for v in ("fastervlm", "oracle") for k in KEEPS}
+        rounds = case["timing"]["rounds"]
+        assert rounds >= run["json"]["setup"]["repeats"]
+        assert all(len(r["times_s"]) == len(r["foreign_cores"]) == rounds and r["min_s"] > 0 for r in rows)
+    for key in ("cpu", "cores_usable", "torch", "transformers", "dtype", "attention", "date"):
+        assert key in run["json"]["machine"]
+
+
+def test_oracle_matches_patched_model(run):
+    for case in run["json"]["cases"]:
+        for keep, c in case["checks"].items():
+            assert c["oracle_max_abs_logit_diff"] < 1e-4, (case["case"], keep)
+            assert c["positions_equal"]
+            assert c["prompt_tokens"] == case["prompt_tokens"] - (c["visual_tokens_in"] - c["visual_tokens"])
+            assert c["kept_columns"] == sorted(set(c["kept_columns"]))
+    qwen = cases(run)["qwen2_vl_image"]["checks"][str(KEEPS[0])]
+    assert qwen["llm_position_shape"][0] == 3  # M-RoPE (t, h, w) rows reach the LLM
+    assert qwen["adapted"] and qwen["notes"]  # no [CLS]: the substitute signal is noted
+
+
+def test_token_counts_follow_each_geometry(run):
+    c = cases(run)
+    nxt = c["llava_next"]
+    g = nxt["geometry"]
+    rows, cols = g["crop_grid"]
+    assert g["views"] == 1 + rows * cols
+    for keep in KEEPS:
+        check = nxt["checks"][str(keep)]
+        assert check["surviving_patches"] == g["patch_tokens"]  # a square image: unpadding removes nothing
+        newlines = nxt["visual_tokens"] - g["patch_tokens"]
+        assert newlines == rows * (g["base"] // 14)  # one image_newline per row of the stitched crop grid
+        per_view = [keep_count(keep, h * w) for h, w in check["view_grids"]]
+        assert check["kept_patches_per_view"] == per_view
+        assert check["visual_tokens"] == sum(per_view) + newlines  # newlines are always kept
+    for name in ("qwen2_vl_image", "qwen2_vl_video"):
+        q = c[name]
+        t, h, w = q["geometry"]["grid_thw"]
+        assert q["visual_tokens"] == t * h * w // 4
+        for keep in KEEPS:
+            assert q["checks"][str(keep)]["visual_tokens"] == t * keep_count(keep, h * w // 4)
+    assert c["qwen2_vl_video"]["geometry"]["frame_groups"] > 1
+    v = c["video_llava"]
+    frames, grid = v["geometry"]["frames"], v["geometry"]["grid"]
+    assert v["visual_tokens"] == frames * (grid * grid + 1)
+    for keep in KEEPS:
+        assert v["checks"][str(keep)]["visual_tokens"] == frames * (keep_count(keep, grid * grid) + 1)
+
+
+def test_flops_and_cache_shrink_with_keep(run):
+    for case in run["json"]["cases"]:
+        rows = {(r["variant"], r["keep"]): r for r in case["summary"]["rows"]}
+        flops = [rows[("fastervlm", k)]["flops_ratio"] for k in KEEPS]
+        assert all(0 < f < 1 for f in flops) and flops == sorted(flops, reverse=True)
+        assert all(rows[("oracle", k)]["flops_ratio"] == rows[("fastervlm", k)]["flops_ratio"] for k in KEEPS)
+        base = rows[("unpatched", None)]["kv_cache_mib"]
+        assert all(rows[("fastervlm", k)]["kv_cache_mib"] < base for k in KEEPS)
+        assert all("patched_over_oracle" in rows[("fastervlm", k)] for k in KEEPS)
+
+
+def test_markdown_section_written_once(run):
+    md = run["md"]
+    md.write_text(md.read_text() + "\nA note written by hand.\n")
+    replace_section(md, families.SECTION, families.markdown(run["result"]))  # a rerun's write
+    text = md.read_text()
+    begin, end = markers("families")
+    assert text.count(begin) == 1 and text.count(end) == 1
+    assert "A note written by hand." in text
+    for title in ("LLaVA-NeXT, image", "Qwen2-VL, image", "Qwen2-VL, video", "Video-LLaVA, video"):
+        assert f"| {title} | (a) unpatched |" in text
+    assert "| Qwen2-VL, image | (b) vtr fastervlm (adapted) | 0.1 |" in text
+    assert "Machine:" in text
