@@ -108,23 +108,29 @@ class LayerAttention:
         last = positions.masked_fill(~self.key_valid, -1).amax(dim=1, keepdim=True)
         return self.probs(last)[:, :, 0].mean(dim=1)
 
-    def column_mean(self, query_mask: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """Mean attention each key receives from the queries in ``query_mask`` ``(B, n)``, head-mean.
+    def column_means(self, query_masks: list[torch.Tensor], chunk: int = 256) -> list[torch.Tensor]:
+        """Mean attention each key receives from the queries of each mask ``(B, n)``, head-mean.
 
         Each key is averaged over the selected queries that may attend to it (causal), which
-        removes the position bias of early keys. Chunked over queries. Returns ``(B, n)``.
+        removes the position bias of early keys. One pass over query chunks serves every mask.
+        Returns one ``(B, n)`` tensor per mask.
         """
         b, n = self.cols.shape
-        total = self.q.new_zeros(b, n)
-        count = self.q.new_zeros(b, n)
+        totals = [self.q.new_zeros(b, n) for _ in query_masks]
+        counts = [self.q.new_zeros(b, n) for _ in query_masks]
         for start in range(0, n, chunk):
             rows = torch.arange(start, min(n, start + chunk), device=self.cols.device).expand(b, -1)
-            weight = query_mask[:, start:start + chunk].float()  # (B, r)
             p = self.probs(rows).mean(dim=1)  # (B, r, n)
             allowed = causal_allowed(self.cols.gather(1, rows), self.cols, self.key_valid).float()
-            total += (p * weight[..., None]).sum(dim=1)
-            count += (allowed * weight[..., None]).sum(dim=1)
-        return total / count.clamp(min=1)
+            for mask, total, count in zip(query_masks, totals, counts):
+                weight = mask[:, start:start + chunk].float()[..., None]  # (B, r, 1)
+                total += (p * weight).sum(dim=1)
+                count += (allowed * weight).sum(dim=1)
+        return [total / count.clamp(min=1) for total, count in zip(totals, counts)]
+
+    def column_mean(self, query_mask: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """:meth:`column_means` for one mask → ``(B, n)``."""
+        return self.column_means([query_mask], chunk)[0]
 
     def pagerank(self, temperature: float = 0.1, iterations: int = 5) -> torch.Tensor:
         """AIM's importance: power iteration ``v ← v·softmax(logits/τ)`` from ``v = 1/n``, RMS over heads.

@@ -98,10 +98,9 @@ class ATP(Reducer):
         mass, stride = self.layer_settings(context.n_layers)[context.layer]
         p = mass ** self.config.scale
         attention = context.attention
-        self_scores = attention.column_mean(context.visual)
         last_visual = torch.where(context.visual, context.cols, torch.full_like(context.cols, -1)).amax(dim=1, keepdim=True)
         instruction = context.text & (context.cols > last_visual)
-        cross_scores = attention.column_mean(instruction)
+        self_scores, cross_scores = attention.column_means([context.visual, instruction])  # one attention pass
         chosen = []
         for b in range(context.visual.shape[0]):
             visual = context.visual[b].nonzero().squeeze(1)
