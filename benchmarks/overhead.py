@@ -27,6 +27,44 @@ SECTION = "overhead"
 #: (reducer, settings beyond keep) — every reducer with a pre-LLM stage that runs on LLaVA-1.5
 CASES = [("fastervlm", {}), ("random", {}), ("fopru", {}), ("fopru", {"strategy": "row"}), ("vtc_cls", {}),
          ("pool", {}), ("aim", {"prune": False})]
+#: on LLaVA-NeXT (AnyRes, 672² → 5 views of 576), where globalcom2 also runs
+NEXT_CASES = [("fastervlm", {}), ("globalcom2", {}), ("fopru", {}), ("vtc_cls", {}), ("pool", {})]
+
+
+@dataclass
+class Setup:
+    """The model under test: a prefill call, and the oracle for a patched call's stats."""
+
+    model: torch.nn.Module
+    inputs: dict
+    oracle_for: Callable  # stats -> (key: kept count, call)
+    title: str
+    section: str
+
+
+def llava_setup(quick: bool) -> Setup:
+    b = build(QUICK if quick else FULL, seed=0)
+
+    def oracle_for(stats):
+        kept = stats.views[0].kept.long()
+        return len(kept), lambda: oracle_prefill(b, kept)
+
+    return Setup(b.model, b.inputs, oracle_for, "the efficiency benchmark's model (LLaVA-1.5 geometry, 576 visual "
+                 "tokens, random weights)", SECTION)
+
+
+def llava_next_setup(quick: bool) -> Setup:
+    from benchmarks import families
+
+    case = families.build("llava_next", families.QUICK if quick else families.FULL, 0)
+
+    def oracle_for(stats):
+        cols = stats.kept_columns[0]
+        return len(cols), lambda: families.oracle_prefill(case, cols)
+
+    return Setup(case.model, case.inputs, oracle_for, "the families benchmark's LLaVA-NeXT (672² astronaut: "
+                 "thumbnail + 4 crops of 576 patches, 2,928 visual tokens with image_newline, random weights)",
+                 SECTION + "_llava_next")
 
 
 @dataclass
@@ -40,18 +78,18 @@ def case_label(name: str, settings: dict) -> str:
     return name + "".join(f" {k}={v}" for k, v in settings.items())
 
 
-def kept_patches(b, name: str, settings: dict, keep: float) -> tuple[torch.Tensor, float]:
-    """One untimed patched call: the kept patch indices and the analytic FLOPs ratio."""
-    with vtr.patched(b.model, name, keep=keep, **settings):
+def patched_stats(setup: Setup, name: str, settings: dict, keep: float):
+    """One untimed patched call's stats."""
+    with vtr.patched(setup.model, name, keep=keep, **settings):
         with torch.no_grad():
-            b.model(**b.inputs, logits_to_keep=1)
-        stats = b.model.vtr.stats
-    return stats.views[0].kept.long(), stats.flops_ratio
+            setup.model(**setup.inputs, logits_to_keep=1)
+        return setup.model.vtr.stats
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke test)")
+    p.add_argument("--model", choices=("llava", "llava_next"), default="llava")
     p.add_argument("--keep", type=float, default=0.25)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -59,55 +97,57 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     p.add_argument("--max-seconds", type=float, default=240.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--md", default="BENCHMARKS.md")
-    p.add_argument("--json", default="benchmarks/results/overhead.json")
+    p.add_argument("--json", default=None, help="default benchmarks/results/<section>.json")
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.repeats, args.max_foreign = 0, 1, float("inf")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = QUICK if args.quick else FULL
     with torch.no_grad():
-        b = build(config, seed=0)
+        setup = (llava_next_setup if args.model == "llava_next" else llava_setup)(args.quick)
+        model, inputs = setup.model, setup.inputs
+        args.json = args.json or f"benchmarks/results/{setup.section}.json"
         cases = {}
-        for name, settings in CASES:
-            kept, flops = kept_patches(b, name, settings, args.keep)
-            cases[case_label(name, settings)] = dict(name=name, settings=settings, kept=kept, flops_ratio=flops)
-        calls = [Call("unpatched", lambda: b.model(**b.inputs, logits_to_keep=1))]
+        calls = [Call("unpatched", lambda: model(**inputs, logits_to_keep=1))]
         oracles = {}
-        for label, case in cases.items():
-            k = len(case["kept"])
+        for name, settings in (NEXT_CASES if args.model == "llava_next" else CASES):
+            stats = patched_stats(setup, name, settings, args.keep)
+            k, oracle = setup.oracle_for(stats)
+            label = case_label(name, settings)
+            cases[label] = case = dict(name=name, settings=settings, k=k, visual=sum(stats.visual_tokens_out),
+                                       flops_ratio=stats.flops_ratio)
             if k not in oracles:  # the oracle's cost depends on the count only
                 oracles[k] = f"oracle k={k}"
-                calls.append(Call(oracles[k], lambda kept=case["kept"]: oracle_prefill(b, kept)))
-            calls.append(Call(label, lambda: b.model(**b.inputs, logits_to_keep=1),
-                              lambda case=case: vtr.patched(b.model, case["name"], keep=args.keep, **case["settings"])))
+                calls.append(Call(oracles[k], oracle))
+            calls.append(Call(label, lambda: model(**inputs, logits_to_keep=1),
+                              lambda case=case: vtr.patched(model, case["name"], keep=args.keep, **case["settings"])))
         timing = time_rounds(calls, args.warmup, args.repeats, args.max_foreign, args.max_seconds, log=log)
     summary = RoundSummary([c.label for c in calls], timing, args.max_foreign)
     info = machine_info(dtype="float32", attention="sdpa", threads=args.threads)
     rows, records = [], []
     for label, case in cases.items():
-        k = len(case["kept"])
+        k = case["k"]
         row = summary.row(label)
         overhead = summary.ratio(label, oracles[k])
         speedup = summary.ratio("unpatched", label)
-        records.append(dict(reducer=label, keep=args.keep, visual_tokens=k, flops_ratio=case["flops_ratio"],
+        records.append(dict(reducer=label, keep=args.keep, visual_tokens=case["visual"], prompt_tokens=k,
+                            flops_ratio=case["flops_ratio"],
                             overhead_vs_oracle=overhead, speedup_vs_unpatched=speedup, **row))
-        rows.append([f"`{label}`", k, f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
+        rows.append([f"`{label}`", case["visual"], f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
                      ratio_cell(overhead), ratio_cell(speedup, 2, "×"), f"{case['flops_ratio']:.3f}"])
     for k, label in oracles.items():
         row = summary.row(label)
-        rows.append([f"oracle ({k} kept tokens)", k, f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
+        rows.append([f"oracle ({k}-token prompt)", "—", f"{row['min_s']:.3f}", f"{row['median_s']:.3f}", row["n_clean"],
                      "—", ratio_cell(summary.ratio("unpatched", label), 2, "×"), "—"])
     base = summary.row("unpatched")
-    rows.append(["unpatched", 576 if not args.quick else "all", f"{base['min_s']:.3f}", f"{base['median_s']:.3f}",
+    rows.append(["unpatched", "all", f"{base['min_s']:.3f}", f"{base['median_s']:.3f}",
                  base["n_clean"], "—", "1.00×", "1.000"])
     dropped, total = summary.dropped()
     md = "\n".join([
-        "## Scoring overhead of the pre-LLM reducers (`python -m benchmarks.overhead`)",
+        f"## Scoring overhead of the pre-LLM reducers on {args.model} (`python -m benchmarks.overhead --model {args.model}`)",
         "",
-        f"The efficiency benchmark's model (LLaVA-1.5 geometry, 576 visual tokens, random weights), batch 1, "
-        f"keep = {args.keep}. Each reducer's patched prefill is compared with the oracle fed the same number of "
-        "kept tokens (indices known in advance): **overhead = patched / oracle**, what scoring and splicing add "
+        f"On {setup.title}, batch 1, keep = {args.keep}. Each reducer's patched prefill is compared with the oracle "
+        "fed the same kept prompt length (indices known in advance): **overhead = patched / oracle**, what scoring and splicing add "
         "on top of a zero-cost selection (1.00 = free). Speed-up is against the unpatched prefill. "
         f"Interleaved rounds after {args.warmup} warm-up rounds; {dropped} of {total} calls discarded because other "
         "processes were busy. Ratios: min-time ratio (median of per-round ratios).",
@@ -115,13 +155,14 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         markdown_table(["reducer", "visual tokens", "min s", "median s", "n", "overhead vs oracle",
                         "speed-up vs unpatched", "FLOPs ratio"], rows),
         "",
-        "`globalcom2` needs LLaVA-NeXT's AnyRes input and `quota` video input, so they are not in this table.",
+        ("`globalcom2` runs on LLaVA-NeXT only (its own table); `quota` needs video input."
+         if args.model == "llava" else "`random` and `aim` are in the LLaVA-1.5 table."),
         "",
         machine_line(info),
     ])
     if timing["budget_hit"]:
         md += "\n\n**Not enough quiet time: some rows have fewer clean samples than asked; treat them as rough.**"
-    replace_section(args.md, SECTION, md)
+    replace_section(args.md, setup.section, md)
     result = dict(machine=info, keep=args.keep, rows=records, oracles={str(k): summary.row(v) for k, v in oracles.items()},
                   unpatched=base, quick=args.quick)
     write_json(args.json, result)
