@@ -7,20 +7,21 @@ is patched onto ``models/tiny-llava-shapes`` — a stock ``LlavaForConditionalGe
 ``benchmarks/train_tiny_llava.py`` (see its ``MODEL_CARD.md``) — at keep 1.0, 0.5, 0.25, 0.1 and 0.05, and
 answers the held-out questions of ``benchmarks/synthetic`` (1,250 by default, balanced over five question
 types). Recorded per run: accuracy overall and per type, retention (accuracy / unpruned accuracy), and the
-mean number of visual tokens actually kept (``model.vtr.stats.visual_tokens_out``; for in-LLM reducers
-also the mean share of visual tokens the decoder layers processed, ``layer_share``).
+visual tokens the LLM's input kept (tokens entering decoder layer 0) and the mean share of visual tokens the
+decoder layers processed (``model.vtr.stats.layer_share``, the cost that in-LLM reducers cut further).
 
 The model has **144 visual tokens** (96 px, patch 8), not LLaVA-1.5's 576: keep 0.1 is 14 tokens.
 Keep means different things to different reducers: for pre-LLM reducers it is the share of patches
 the LLM sees; ``fastv`` keeps that share from decoder layer 2 on (layers 0–1 see all 144); ``aim`` merges to
-``keep`` before the LLM and then prunes further inside it; ``atp`` reads ``keep`` as its target and adapts
-per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
+``keep`` before the LLM and then prunes further inside it; adaptive reducers (a ``scale`` setting, e.g.
+``atp``) are tuned with :func:`vtr.calibrate` to each ``keep`` on 40 calibration images that are never tested
+(``benchmarks.synthetic.calibration_set``), then adapt per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
 error they raise.
 
 Answers are the argmax of the last-position logits of one patched, batched, left-padded
 ``model(**inputs, logits_to_keep=1)`` — the first token greedy ``generate`` would produce.
-Writes the ``accuracy`` section of ``BENCHMARKS.md``, ``benchmarks/results/accuracy.json`` and
-``benchmarks/results/accuracy.png``.
+Writes the ``accuracy`` section of ``BENCHMARKS.md``, ``benchmarks/results/accuracy.json``,
+``benchmarks/results/accuracy.png`` and (full test set only) the ``pruning`` section of the model's ``MODEL_CARD.md``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import torch
 
 import vtr
 from benchmarks.report import machine_info, markdown_table, replace_section, write_json
-from benchmarks.synthetic import QUESTION_TYPES, majority_baseline, render_pil
+from benchmarks.synthetic import QUESTION_TYPES, calibration_set, majority_baseline, render_pil
 from benchmarks.synthetic import test_set as held_out_set
 
 SECTION = "accuracy"
@@ -69,7 +70,8 @@ def make_batches(processor, items, batch: int) -> list[tuple[list, dict]]:
 
 @torch.no_grad()
 def answer_batches(model, processor, batches, progress=None) -> dict:
-    """Greedy one-token answers for every batch: per-item correctness and the visual tokens the LLM kept."""
+    """Greedy one-token answers for every batch: per-item correctness, the visual tokens the LLM's input
+    kept (entering decoder layer 0) and the share of visual tokens the decoder layers processed."""
     correct, kept, layer_share = [], [], []
     for chunk, inputs in batches:
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
@@ -77,7 +79,7 @@ def answer_batches(model, processor, batches, progress=None) -> dict:
         correct += [p == it.answer for p, it in zip(pred, chunk)]
         if vtr.is_patched(model):
             stats = model.vtr.stats
-            kept += list(stats.visual_tokens_out)
+            kept += [layers[0] for layers in stats.visual_tokens_per_layer]
             layer_share += list(stats.layer_share)
         else:
             n = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
@@ -120,11 +122,22 @@ def slice_scores(model, processor) -> dict:
             for name, (reducer, keep, n) in SLICES.items()}
 
 
+def calibrate_to_keep(model, samples: list[dict]) -> dict | None:
+    """Tune an adaptive reducer (config with ``scale``) so its mean layer share on ``samples`` is its ``keep``.
+
+    Returns the calibration (scale, achieved share) or ``None`` for reducers without a ``scale``."""
+    if not hasattr(model.vtr.config, "scale"):
+        return None
+    result = vtr.calibrate(model, samples)
+    return {"scale": result.scale, "target": result.target, "achieved": result.mean, "reached": result.reached}
+
+
 def run_all(model, processor, items, batch: int, reducers=None, keeps=KEEPS) -> dict:
     from tqdm import tqdm
 
     reducers = list(reducers or vtr.list_reducers())
     batches = make_batches(processor, items, batch)
+    calibration = [inputs for _, inputs in make_batches(processor, calibration_set(), 20)]
     results: dict = {"unpruned": None, "reducers": {}, "skipped": {}}
     total = len(items) * (1 + len(reducers) * len(keeps))
     with tqdm(total=total, desc="accuracy", unit="q", file=sys.stderr) as bar:
@@ -136,12 +149,15 @@ def run_all(model, processor, items, batch: int, reducers=None, keeps=KEEPS) -> 
                 bar.set_postfix_str(f"{name} keep={keep}")
                 try:
                     with vtr.patched(model, name, keep=keep):
+                        tuned = calibrate_to_keep(model, calibration)
                         run = answer_batches(model, processor, batches, bar)
                 except Exception as exc:  # a reducer that cannot run on LLaVA-1.5 (AnyRes-, video-only ...)
                     results["skipped"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     bar.update(len(items) * (len(keeps) - len(rows)))
                     break
                 rows[str(keep)] = summarise(items, run)
+                if tuned is not None:
+                    rows[str(keep)]["calibration"] = tuned
                 rows[str(keep)]["retention"] = rows[str(keep)]["accuracy"] / max(results["unpruned"]["accuracy"], 1e-9)
             if name not in results["skipped"]:
                 results["reducers"][name] = rows
@@ -157,16 +173,16 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
         f"see its `MODEL_CARD.md`; **144 visual tokens** — 96 px, patch 8 — not LLaVA-1.5's 576), "
         f"{un['n']} held-out questions of `benchmarks/synthetic` ({', '.join(QUESTION_TYPES)}, balanced). "
         f"Unpruned accuracy **{un['accuracy']:.3f}**; majority-answer baseline {majority['overall']['accuracy']:.3f}. "
-        "Retention = accuracy / unpruned accuracy. *Kept* = mean visual tokens the LLM's input kept "
-        "(`model.vtr.stats.visual_tokens_out`); *layers* = mean share of visual tokens the decoder layers processed "
-        "(differs from kept/144 only for in-LLM reducers: `fastv` keeps `keep` from layer 2 on, `aim` merges to `keep` "
-        "and then prunes inside the LLM, `atp` adapts its keep per image).",
+        "Retention = accuracy / unpruned accuracy. *LLM input* = mean visual tokens entering decoder layer 0; "
+        "*layers* = mean share of the 144 visual tokens the decoder layers processed, the cost (differs from "
+        "input/144 only for in-LLM reducers: `fastv` keeps `keep` from layer 2 on, `aim` merges to `keep` "
+        "and then prunes inside the LLM, `atp` adapts its keep per image and layer).",
         "",
         f"Measured {info.get('date', '')} on {info.get('cpu', '?')}, {info.get('torch_threads', '?')} threads, "
         f"torch {info.get('torch')}, transformers {info.get('transformers')}.",
         "",
     ]
-    header = ["reducer", "keep", "kept", "layers", "accuracy", "retention", *QUESTION_TYPES]
+    header = ["reducer", "keep", "LLM input", "layers", "accuracy", "retention", *QUESTION_TYPES]
     rows = [["(unpruned)", "1.0", f"{un['visual_tokens_kept']:.1f}", "1.00", f"**{un['accuracy']:.3f}**", "1.000",
              *(f"{un['per_type'].get(t, float('nan')):.3f}" for t in QUESTION_TYPES)],
             ["(majority answer)", "–", "–", "–", f"{majority['overall']['accuracy']:.3f}", "–",
@@ -176,10 +192,23 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
             rows.append([name, keep, f"{r['visual_tokens_kept']:.1f}", f"{r['layer_share']:.2f}", f"{r['accuracy']:.3f}",
                          f"{r['retention']:.3f}", *(f"{r['per_type'].get(t, float('nan')):.3f}" for t in QUESTION_TYPES)])
     lines.append(markdown_table(header, rows))
-    lines += ["", "Reading the table: for `aim`, *kept* counts the visual tokens left after its last in-LLM prune "
-              "(it can reach 0); *layers* is its real cost. `atp` without calibration gave the same result at every `keep` (its default top-p "
-              "masses decide; see `vtr.calibrate`). On this 4-layer tower `vtc_cls`'s layer range (2/3 of the depth "
-              "to -2) is the feature layer alone, so it selects exactly what `fastervlm` selects."]
+    calibrated = {name: by_keep for name, by_keep in results["reducers"].items()
+                  if any("calibration" in r for r in by_keep.values())}
+    notes = ["", "Reading the table: `aim` at keep 1.0 still prunes inside the LLM (its schedule removes every visual "
+             "token by the last layer), so only its *layers* column is comparable with the others. On this 4-layer "
+             "tower `vtc_cls`'s layer range (2/3 of the depth to -2) is the feature layer alone, so it selects "
+             "exactly what `fastervlm` selects."]
+    for name, by_keep in calibrated.items():
+        achieved = ", ".join(f"{k} → {r['calibration']['achieved']:.3f}" for k, r in by_keep.items())
+        floor = [k for k, r in by_keep.items() if not r["calibration"]["reached"]]
+        notes[-1] += (f" `{name}` has no fixed keep: before each row it is tuned with `vtr.calibrate` on 40 "
+                      f"calibration images (never tested) so its mean layer share hits `keep` (achieved there: "
+                      f"{achieved}); the *layers* column is what it then spent on the test images.")
+        if floor:
+            notes[-1] += (f" At keep {', '.join(floor)} the target is below what `{name}` can reach on this "
+                          "4-layer LLM (its first layer sees every token and it always keeps a spatial sample), so those "
+                          "rows sit at its floor.")
+    lines += notes
     if un["accuracy"] < 0.8:
         lines += ["", f"**Caveat:** the model reaches {un['accuracy']:.3f} unpruned, below the 0.80 the project set for "
                   "this benchmark (see `models/tiny-llava-shapes/MODEL_CARD.md`: under-trained vision tower), so "
@@ -191,6 +220,23 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
         lines += [f"- `{name}`: {reason}" for name, reason in results["skipped"].items()]
     lines += ["", "![accuracy vs keep](benchmarks/results/accuracy.png)"]
     return "\n".join(lines)
+
+
+def card_markdown(results: dict) -> str:
+    """The model card's summary: overall accuracy of every reducer at every keep (from the same run)."""
+    un = results["unpruned"]
+    keeps = list(next(iter(results["reducers"].values())).keys()) if results["reducers"] else []
+    header = ["reducer", *(f"keep {k} ({round(float(k) * un['visual_tokens_kept'])})" for k in keeps)]
+    rows = [["unpruned (144)", *(f"{un['accuracy']:.3f}" for _ in keeps)]]
+    rows += [[name, *(f"{by_keep[k]['accuracy']:.3f}" for k in keeps)] for name, by_keep in results["reducers"].items()]
+    return "\n".join([
+        f"## Pruning on this model (all {un['n']} test questions, `python -m benchmarks.accuracy`)",
+        "",
+        markdown_table(header, rows),
+        "",
+        "Tokens in brackets: visual tokens a pre-LLM reducer passes to the LLM. Per question type, tokens kept "
+        "and the in-LLM reducers' layer shares: the `accuracy` section of `BENCHMARKS.md`.",
+    ])
 
 
 def plot(results: dict, majority: dict, path: Path) -> Path:
@@ -239,6 +285,8 @@ def main(argv=None) -> int:
         saved = json.loads(Path(args.json).read_text())
         plot(saved, saved["majority"], Path(args.png))
         replace_section(args.md, SECTION, markdown(saved, saved["majority"], saved["machine"]))
+        if saved["unpruned"]["n"] == len(held_out_set()):
+            replace_section(Path(args.model) / "MODEL_CARD.md", "pruning", card_markdown(saved))
         return 0
     items = held_out_set()[:args.limit] if args.limit else held_out_set()
     model, processor = load(args.model)
@@ -256,6 +304,8 @@ def main(argv=None) -> int:
     write_json(args.json, {"machine": info, "majority": majority, "keeps": list(KEEPS), **results})
     plot(results, majority, Path(args.png))
     replace_section(args.md, SECTION, markdown(results, majority, info))
+    if not args.limit and args.reducers is None:  # the card summarises full runs only
+        replace_section(Path(args.model) / "MODEL_CARD.md", "pruning", card_markdown(results))
     un = results["unpruned"]
     print(f"unpruned {un['accuracy']:.3f} on {un['n']} questions; wrote {args.md}, {args.json}, {args.png}")
     for name, by_keep in results["reducers"].items():

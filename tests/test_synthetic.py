@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.synthetic import QUESTION_TYPES, candidates, make_scene, majority_baseline, patch_labels, render
 from benchmarks.synthetic import test_set as held_out_set  # aliased: pytest would collect a name test_*
-from benchmarks.synthetic import training_questions
+from benchmarks.synthetic import calibration_set, training_questions
 from benchmarks.synthetic.scenes import RGB
 
 PALETTE = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 230), "yellow": (235, 220, 30),
@@ -92,6 +92,16 @@ def test_test_set_is_large_balanced_and_correct():
         assert len(item.answer.split()) == 1
     for item in items[:100]:
         check_render(item.scene, render(item.scene))
+
+
+def test_calibration_set_is_fixed_correct_and_never_a_test_image():
+    calib = calibration_set()
+    assert [(i.question, i.scene) for i in calib] == [(i.question, i.scene) for i in calibration_set()]
+    assert Counter(i.qtype for i in calib) == {t: len(calib) // len(QUESTION_TYPES) for t in QUESTION_TYPES}
+    for item in calib:
+        assert check(item.scene, item.question) == item.answer
+    test_images = {render(i.scene).tobytes() for i in held_out_set()}
+    assert not any(render(i.scene).tobytes() in test_images for i in calib)
 
 
 def test_majority_baseline_per_type():

@@ -1,7 +1,9 @@
 """The fixed held-out test set: ``N_PER_TYPE`` questions of each type, each on its own scene, from fixed seeds.
 
 Scene seeds are ``(TEST_SEED, type index, item, attempt)``; training draws scenes from other seeds
-(``benchmarks.train_tiny_llava`` uses ``(TRAIN_SEED, …)``), so test scenes are never trained on.
+(``benchmarks.train_tiny_llava`` uses ``(TRAIN_SEED, …)``), so test scenes are never trained on. A small
+calibration set (``CALIBRATION_SEED``), disjoint from both, is what adaptive reducers are tuned on, so
+that tuning never sees a test image.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from benchmarks.synthetic.questions import QUESTION_TYPES, candidates, pick_exis
 from benchmarks.synthetic.scenes import Scene, make_scene
 
 TEST_SEED = 20261129
+CALIBRATION_SEED = 20261130
 N_PER_TYPE = 250
 
 
@@ -28,10 +31,10 @@ class Item:
     scene: Scene
 
 
-def _item(qtype: str, j: int) -> tuple[str, str, Scene]:
+def _item(qtype: str, j: int, base_seed: int) -> tuple[str, str, Scene]:
     t = QUESTION_TYPES.index(qtype)
     for attempt in range(1000):
-        seed = (TEST_SEED, t, j, attempt)
+        seed = (base_seed, t, j, attempt)
         rng = np.random.default_rng(seed)
         scene = make_scene(rng, seed)
         if qtype == "exists":
@@ -48,10 +51,19 @@ def _item(qtype: str, j: int) -> tuple[str, str, Scene]:
 def test_set(n_per_type: int = N_PER_TYPE) -> tuple[Item, ...]:
     """``5 · n_per_type`` items, interleaved by type (item ``i`` has type ``QUESTION_TYPES[i % 5]``), so any
     prefix ``[:n]`` is a type-balanced slice."""
+    return _question_set(TEST_SEED, n_per_type)
+
+
+def calibration_set(n_per_type: int = 8) -> tuple[Item, ...]:
+    """Like :func:`test_set`, from ``CALIBRATION_SEED``: images for tuning a reducer, never tested on."""
+    return _question_set(CALIBRATION_SEED, n_per_type)
+
+
+def _question_set(base_seed: int, n_per_type: int) -> tuple[Item, ...]:
     items = []
     for j in range(n_per_type):
         for qtype in QUESTION_TYPES:
-            question, answer, scene = _item(qtype, j)
+            question, answer, scene = _item(qtype, j, base_seed)
             items.append(Item(len(items), qtype, question, answer, scene))
     return tuple(items)
 
