@@ -35,6 +35,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import vtr
 from benchmarks.report import (machine_info, machine_line, markdown_table, paired_median, replace_section,
                                time_rounds, write_json)
+from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
 from vtr.testing import chat_prompt, tiny_model
 
 SECTION = "efficiency"
@@ -321,30 +322,13 @@ def markdown(result: dict) -> str:
     return "\n\n".join(paragraphs) + "\n"
 
 
+#: unlike the others, efficiency keeps 2 threads under --quick too
+TIMING = TimingDefaults(warmup=2, repeats=7, max_seconds=300.0, threads=2, quick_threads=2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.efficiency", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model, 1 warm-up + 2 rounds, no contention gate: a smoke test")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; 1 with --quick)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="clean samples wanted per variant (default 7; 2 with --quick)")
-    p.add_argument("--max-foreign", type=float, default=None,
-                   help="discard a call when other processes used more than this many cores meanwhile "
-                        "(default 0.25; 'inf', the --quick default, keeps every call)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time budget of the measured rounds (default 300; 3 with --quick)")
-    p.add_argument("--keeps", type=float, nargs="+", default=list(KEEPS), help="keep ratios (default 0.5 0.25 0.1)")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--md", default="BENCHMARKS.md", help="markdown file whose 'efficiency' section is replaced")
-    p.add_argument("--json", default="benchmarks/results/efficiency.json", help="raw results")
-    args = p.parse_args(argv)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
-    args.max_foreign = args.max_foreign if args.max_foreign is not None else (float("inf") if args.quick else 0.25)
-    args.max_seconds = args.max_seconds if args.max_seconds is not None else (3.0 if args.quick else 300.0)
-    if args.repeats < 1 or args.warmup < 0 or not all(0 < k <= 1 for k in args.keeps):
-        p.error("need --repeats >= 1, --warmup >= 0 and keeps in (0, 1]")
-    return args
+    p = timing_parser("benchmarks.efficiency", __doc__, SECTION, TIMING, keeps=KEEPS)
+    return parse_timing_args(p, argv, TIMING)
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:

@@ -37,6 +37,7 @@ import vtr
 from benchmarks.efficiency import Variant
 from benchmarks.report import (RoundSummary, kv_cache_mib, machine_info, machine_line, markdown_table, ratio_cell,
                                replace_section, time_rounds, write_json)
+from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
 from vtr.testing import chat_prompt, tiny_model
 from vtr.testing.qwen2_vl import media_prompt
 
@@ -479,33 +480,14 @@ def markdown(result: dict) -> str:
     return "\n\n".join(paragraphs) + "\n"
 
 
+#: one warm-up round per case: the untimed check has already run every variant once
+TIMING = TimingDefaults(warmup=1, repeats=5, max_seconds=180.0, quick_warmup=1)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.families", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny models, 1 warm-up + 2 rounds, no contention gate")
+    p = timing_parser("benchmarks.families", __doc__, SECTION, TIMING, keeps=KEEPS)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="cases to run (default: all)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="warm-up rounds per case (default 1: the untimed check has already run every variant once)")
-    p.add_argument("--repeats", type=int, default=None, help="clean samples per variant (default 5; 2 with --quick)")
-    p.add_argument("--max-foreign", type=float, default=None,
-                   help="discard a call when other processes used more than this many cores meanwhile "
-                        "(default 0.25; 'inf', the --quick default, keeps every call)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time budget of each case's measured rounds (default 180; 3 with --quick)")
-    p.add_argument("--keeps", type=float, nargs="+", default=list(KEEPS), help="keep ratios (default 0.25 0.1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default 2; 1 with --quick, where tiny ops only pay for thread sync)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--md", default="BENCHMARKS.md", help="markdown file whose 'families' section is replaced")
-    p.add_argument("--json", default="benchmarks/results/families.json", help="raw results")
-    args = p.parse_args(argv)
-    args.warmup = args.warmup if args.warmup is not None else 1
-    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
-    args.max_foreign = args.max_foreign if args.max_foreign is not None else (float("inf") if args.quick else 0.25)
-    args.max_seconds = args.max_seconds if args.max_seconds is not None else (3.0 if args.quick else 180.0)
-    args.threads = args.threads if args.threads is not None else (1 if args.quick else 2)
-    if args.repeats < 1 or args.warmup < 0 or not all(0 < k <= 1 for k in args.keeps):
-        p.error("need --repeats >= 1, --warmup >= 0 and keeps in (0, 1]")
-    return args
+    return parse_timing_args(p, argv, TIMING)
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:

@@ -41,6 +41,7 @@ import vtr
 from benchmarks.efficiency import FULL as EFFICIENCY_FULL, QUESTION, QUICK as EFFICIENCY_QUICK, Variant
 from benchmarks.report import (RoundSummary, kv_cache_lengths, kv_cache_mib, machine_info, machine_line,
                                markdown_table, ratio_cell, replace_section, time_rounds, write_json)
+from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
 from vtr.flops import prefill_flops
 from vtr.testing import chat_prompt, tiny_model
 
@@ -399,30 +400,11 @@ def markdown(result: dict) -> str:
     return "\n\n".join(paragraphs) + "\n"
 
 
+TIMING = TimingDefaults(warmup=2, repeats=7, max_seconds=300.0)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.in_llm", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model, 1 warm-up + 2 rounds, no contention gate")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; 1 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="clean samples per variant (default 7; 2 with --quick)")
-    p.add_argument("--max-foreign", type=float, default=None,
-                   help="discard a call when other processes used more than this many cores meanwhile "
-                        "(default 0.25; 'inf', the --quick default, keeps every call)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time budget of the measured rounds (default 300; 3 with --quick)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default 2; 1 with --quick, where tiny ops only pay for thread sync)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--md", default="BENCHMARKS.md", help="markdown file whose 'in_llm' section is replaced")
-    p.add_argument("--json", default="benchmarks/results/in_llm.json", help="raw results")
-    args = p.parse_args(argv)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
-    args.max_foreign = args.max_foreign if args.max_foreign is not None else (float("inf") if args.quick else 0.25)
-    args.max_seconds = args.max_seconds if args.max_seconds is not None else (3.0 if args.quick else 300.0)
-    args.threads = args.threads if args.threads is not None else (1 if args.quick else 2)
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("need --repeats >= 1 and --warmup >= 0")
-    return args
+    return parse_timing_args(timing_parser("benchmarks.in_llm", __doc__, SECTION, TIMING), argv, TIMING)
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:
