@@ -414,6 +414,9 @@ def write_card(out: Path, record: dict):
     core_acc = float(np.mean([ev[t] for t in core]))
     core_maj = float(np.mean([maj[t]["accuracy"] for t in core]))
     met = ev["overall"] >= 0.80 and ev["overall"] - maj["overall"]["accuracy"] >= 0.30
+    earlier = "".join(f"| stage 2 (run {i + 1}) | as below; it ended at {run['final']['overall']:.3f} on the first 500 test "
+                      f"questions | {run['steps']} | {run['seconds'] / 60:.1f} min |\n"
+                      for i, run in enumerate(record.get("earlier_stage2", [])))
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     text = f"""# tiny-llava-shapes
 
@@ -455,7 +458,7 @@ scenes come from seed `{TRAIN_SEED}`; the held-out test set is {len(test_set())}
 |---|---|---|---|
 | stage 1 | tower only: dense 19-class per-patch CE (background weight 0.3) + per-patch row and column CE (weight 0.5; keeps *where* readable for relpos) + [CLS] pair presence (BCE) + per-shape count (CE), on fresh scenes, batch {record['args']['batch1']}, AdamW lr {record['args']['lr1']} | {s1['steps']} | {s1['seconds'] / 60:.1f} min |
 | cache | frozen tower features of {record['cache']['images']} training scenes ({record['cache']['qa']} QA) | – | {record['cache']['seconds'] / 60:.1f} min |
-| stage 2 | projector + LLM, tower frozen, multi-turn (≤ {record['args']['max_turns']} QA per image), batch {record['args']['batch']}, AdamW lr {record['args']['lr2']}, cosine + one warm restart ({record['args']['restart_share']:.0%} of the budget) | {s2['steps']} | {s2['seconds'] / 60:.1f} min |
+{earlier}| stage 2{' (continued, `--resume`)' if earlier else ''} | projector + LLM, tower frozen, multi-turn (≤ {record['args']['max_turns']} QA per image), batch {record['args']['batch']}, AdamW lr {record['args']['lr2']}, cosine + one warm restart ({record['args']['restart_share']:.0%} of the budget) | {s2['steps']} | {s2['seconds'] / 60:.1f} min |
 
 Stage 1 final (256 held-out scenes): per-patch accuracy {s1['final']['patch_acc']:.3f}, object patches
 {s1['final']['object_patch_acc']:.3f}, patch row and column {s1['final'].get('patch_position_acc', float('nan')):.3f},
@@ -495,6 +498,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr1", type=float, default=1e-3)
     p.add_argument("--lr2", type=float, default=1e-3)
     p.add_argument("--eval-every", type=float, default=150)
+    p.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue from a checkpoint this script saved: skip stage 1, rebuild the same feature "
+                        "cache, run another stage 2 (a warm restart) and record both runs")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -506,7 +512,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(out / "training.log", "w") as fh:
-        model, processor = build_model_and_processor(args.seed)
+        previous = None
+        if args.resume:  # a continuation: the saved model, its stage-1 log, a fresh stage 2 on the same data
+            from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+            previous = json.loads((Path(args.resume) / "training.json").read_text())
+            model = LlavaForConditionalGeneration.from_pretrained(args.resume)
+            processor = LlavaProcessor.from_pretrained(args.resume)
+            log(f"resuming from {args.resume} (stage 2 so far: {previous['stage2']['steps']} steps)", fh)
+        else:
+            model, processor = build_model_and_processor(args.seed)
         model.to(device)
         tok = processor.tokenizer
         check = processor.image_processor(images=[render(make_scene(np.random.default_rng(5)))], return_tensors="pt")
@@ -518,7 +533,7 @@ def main(argv=None) -> int:
         ids = processor(images=[render(item.scene)], text=[chat_prompt(item.question)], return_tensors="pt")["input_ids"]
         mine, _ = Sequences(tok).eval_batch([encode_text(tok, f"USER : {item.question} ASSISTANT :")])
         assert torch.equal(ids, mine) and tok.unk_token_id not in ids, (ids, mine)
-        s1 = stage1(model, args, device, fh)
+        s1 = previous["stage1"] if previous else stage1(model, args, device, fh)
         cache = build_cache(model, args, device, tok, fh)
         s2 = stage2(model, args, device, tok, cache, fh)
         model.to("cpu")
@@ -533,7 +548,12 @@ def main(argv=None) -> int:
                   "params": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
                   "stage1": s1, "cache": {"images": len(cache["feats"]), "qa": sum(map(len, cache["qas"])),
                                           "seconds": cache["seconds"]},
-                  "stage2": s2, "eval": ev, "majority": majority_baseline(items), "total_seconds": round(time.time() - t0, 1)}
+                  "stage2": s2, "eval": ev, "majority": majority_baseline(items),
+                  "total_seconds": round(time.time() - t0 + (previous["total_seconds"] if previous else 0), 1)}
+        if previous:  # every earlier stage-2 run, oldest first
+            record["earlier_stage2"] = previous.get("earlier_stage2", []) + [
+                {"steps": previous["stage2"]["steps"], "seconds": previous["stage2"]["seconds"],
+                 "final": previous["stage2"]["final"], "args": previous["args"]}]
         (out / "training.json").write_text(json.dumps(record, indent=1))
         (out / "eval.json").write_text(json.dumps({"unpruned": ev, "majority": record["majority"],
                                                    "visual_tokens": N_TOKENS}, indent=1))
