@@ -511,7 +511,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    earlier = Path(args.resume or out) / "training.log"
+    earlier_log = earlier.read_text() if args.resume and earlier.exists() else ""  # read before --out is rewritten
     with open(out / "training.log", "w") as fh:
+        fh.write(earlier_log)
         previous = None
         if args.resume:  # a continuation: the saved model, its stage-1 log, a fresh stage 2 on the same data
             from transformers import LlavaForConditionalGeneration, LlavaProcessor
