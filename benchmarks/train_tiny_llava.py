@@ -1,6 +1,12 @@
 """Train the project's tiny LLaVA on the procedural shapes VQA task and save it as a stock checkpoint.
 
-``python -m benchmarks.train_tiny_llava [--stage1-seconds 720] [--stage2-seconds 1500] [--out models/tiny-llava-shapes]``
+``python -m benchmarks.train_tiny_llava [--stage1-seconds 1020] [--stage2-seconds 3300] [--out models/tiny-llava-shapes]``
+``python -m benchmarks.train_tiny_llava --resume models/tiny-llava-shapes --stage2-seconds 1080 --restart-share 0.5``
+
+The shipped checkpoint came from these two commands (its ``MODEL_CARD.md`` lists the exact budgets): about
+110 min on a quiet 2-core CPU, of which stage 1 took 17 min and stage 2 89 min. Most of the last gains came
+right after warm restarts of the learning rate (0.57 → 0.73 in the first run's restart, 0.73 → 0.85 in the
+continuation), which is why the continuation restarts twice.
 
 The recipe is the measured one of ``shared/notes/training.md`` (attempt 2), at **144 visual tokens**
 (96 px images, patch 8, 12×12 patches + [CLS]):
@@ -48,6 +54,7 @@ TRAIN_SEED = 1234
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 N_TOKENS = GRID * GRID  # 144
+DEFAULT_OUT = "models/tiny-llava-shapes"
 D = 128
 
 
@@ -406,6 +413,17 @@ def evaluate_saved(path: Path, items, batch: int = 64, device="cpu") -> dict:
     return per_type(items, correct)
 
 
+def reproduce_command(args: dict) -> str:
+    """The command line of one run from its recorded arguments (wall-clock end times as seconds)."""
+    parts = ["python -m benchmarks.train_tiny_llava"]
+    if args.get("resume"):
+        parts.append(f"--resume {DEFAULT_OUT}")  # continuing in place, into the default --out
+    else:
+        parts.append(f"--stage1-seconds {args['stage1_seconds']:g}")
+    parts.append(f"--stage2-seconds {args['stage2_seconds']:.0f} --restart-share {args['restart_share']:g}")
+    return " ".join(parts)
+
+
 def write_card(out: Path, record: dict):
     s1, s2, ev, maj = record["stage1"], record["stage2"], record["eval"], record["majority"]
     rows = "\n".join(f"| {t} | {ev[t]:.3f} | {maj[t]['accuracy']:.3f} ({maj[t]['answer']}) | {ev[t] - maj[t]['accuracy']:+.3f} |"
@@ -414,6 +432,14 @@ def write_card(out: Path, record: dict):
     core_acc = float(np.mean([ev[t] for t in core]))
     core_maj = float(np.mean([maj[t]["accuracy"] for t in core]))
     met = ev["overall"] >= 0.80 and ev["overall"] - maj["overall"]["accuracy"] >= 0.30
+    runs = [run["args"] for run in record.get("earlier_stage2", [])] + [record["args"]]
+    commands = "\n".join(f"{i + 1}. `{reproduce_command(a)}`" for i, a in enumerate(runs))
+    weak = ", ".join(f"{t} {ev[t]:.3f}" for t in sorted(QUESTION_TYPES, key=ev.get) if ev[t] < 0.8)
+    shortfall = (f": {ev['overall']:.3f} overall, {ev['overall'] - maj['overall']['accuracy']:+.3f} over the majority "
+                 f"answer. It is shipped anyway, with the numbers above. Below 0.8: {weak}. The whole run took "
+                 f"{record['total_seconds'] / 60:.0f} min of CPU time and stage-2 accuracy was still rising when its "
+                 "budget ended (`training.json`), so more stage 2 (`--resume`, or any GPU, where the recipe takes "
+                 "minutes) is the known remedy.")
     earlier = "".join(f"| stage 2 (run {i + 1}) | as below; it ended at {run['final']['overall']:.3f} on the first 500 test "
                       f"questions | {run['steps']} | {run['seconds'] / 60:.1f} min |\n"
                       for i, run in enumerate(record.get("earlier_stage2", [])))
@@ -460,6 +486,9 @@ scenes come from seed `{TRAIN_SEED}`; the held-out test set is {len(test_set())}
 | cache | frozen tower features of {record['cache']['images']} training scenes ({record['cache']['qa']} QA) | – | {record['cache']['seconds'] / 60:.1f} min |
 {earlier}| stage 2{' (continued, `--resume`)' if earlier else ''} | projector + LLM, tower frozen, multi-turn (≤ {record['args']['max_turns']} QA per image), batch {record['args']['batch']}, AdamW lr {record['args']['lr2']}, cosine + one warm restart ({record['args']['restart_share']:.0%} of the budget) | {s2['steps']} | {s2['seconds'] / 60:.1f} min |
 
+To reproduce (same seeds; on a CPU the step counts, and so the weights, follow the machine's speed):
+{commands}
+
 Stage 1 final (256 held-out scenes): per-patch accuracy {s1['final']['patch_acc']:.3f}, object patches
 {s1['final']['object_patch_acc']:.3f}, patch row and column {s1['final'].get('patch_position_acc', float('nan')):.3f},
 [CLS] pair bits {s1['final']['cls_pair_bit_acc']:.3f}, [CLS] counts {s1['final']['cls_count_acc']:.3f}. Total run time {record['total_seconds'] / 60:.1f} min. Budgets are wall-clock
@@ -476,14 +505,14 @@ one-token answers (`eval.json`).
 | four types without relpos | {core_acc:.3f} | {core_maj:.3f} | {core_acc - core_maj:+.3f} |
 
 The issue's bar (≥ 80 % overall and ≥ 30 points over the majority baseline) is **{'met' if met else 'NOT met'}**
-with this checkpoint{'' if met else ' — it is shipped anyway, with the numbers above; a longer stage 2 (the notes measured 0.84 after 26.5 min of stage 2 on a quiet machine, on four types) is the known remedy'}.
+with this checkpoint{'.' if met else shortfall}
 """
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_tiny_llava", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="models/tiny-llava-shapes")
+    p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--stage1-seconds", type=float, default=1020)
     p.add_argument("--cache-images", type=int, default=24000)
     p.add_argument("--cache-seconds", type=float, default=240, help="stop caching early after this long")
