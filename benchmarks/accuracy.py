@@ -211,7 +211,8 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
     notes = ["", "Reading the table: `aim` at keep 1.0 still prunes inside the LLM (its schedule removes every visual "
              "token by the last layer), so only its *layers* column is comparable with the others. On this 4-layer "
              "tower `vtc_cls`'s layer range (2/3 of the depth to -2) is the feature layer alone, so it selects "
-             "exactly what `fastervlm` selects."]
+             "exactly what `fastervlm` selects. The plot's right panel places every row at what it spent (*layers*): "
+             "an in-LLM reducer's low-keep rows move right there, since its first layers still process every token."]
     for name, by_keep in calibrated.items():
         achieved = ", ".join(f"{k} → {r['calibration']['achieved']:.3f}" for k, r in by_keep.items())
         floor = [k for k, r in by_keep.items() if not r["calibration"]["reached"]]
@@ -254,27 +255,38 @@ def card_markdown(results: dict) -> str:
 
 
 def plot(results: dict, majority: dict, path: Path) -> Path:
+    """Two panels, one curve per reducer: accuracy against ``keep`` (what was asked) and against the mean
+    share of visual tokens the decoder layers processed (what was spent; differs for in-LLM reducers).
+    A curve identical to an earlier one (e.g. ``vtc_cls`` = ``fastervlm`` on a 4-layer tower) is labelled so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, by_keep in results["reducers"].items():
-        keeps = [float(k) for k in by_keep]
-        ax.plot(keeps, [by_keep[k]["accuracy"] for k in by_keep], marker="o", label=name)
-    ax.axhline(results["unpruned"]["accuracy"], color="black", linestyle="--", linewidth=1, label="unpruned")
-    ax.axhline(majority["overall"]["accuracy"], color="grey", linestyle=":", linewidth=1, label="majority answer")
-    ax.set_xscale("log")
-    ax.set_xticks(list(KEEPS), [str(k) for k in KEEPS])
-    ax.set_xlabel("keep (share of the 144 visual tokens)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"tiny-llava-shapes, {results['unpruned']['n']} held-out questions")
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(alpha=0.3)
+    fig, (by_keep_ax, by_cost_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    markers, styles = "osD^vPX*<>", ("-", "--", "-.", ":")
+    seen: dict[tuple, str] = {}
+    for i, (name, by_keep) in enumerate(results["reducers"].items()):
+        accuracy = [by_keep[k]["accuracy"] for k in by_keep]
+        label = name + (f" (= {seen[tuple(accuracy)]})" if tuple(accuracy) in seen else "")
+        seen.setdefault(tuple(accuracy), name)
+        style = dict(marker=markers[i % len(markers)], linestyle=styles[i % len(styles)], markersize=7 - i % 3)
+        by_keep_ax.plot([float(k) for k in by_keep], accuracy, label=label, **style)
+        by_cost_ax.plot([by_keep[k]["layer_share"] for k in by_keep], accuracy, label=label, **style)
+    for ax in (by_keep_ax, by_cost_ax):
+        ax.axhline(results["unpruned"]["accuracy"], color="black", linestyle="--", linewidth=1, label="unpruned")
+        ax.axhline(majority["overall"]["accuracy"], color="grey", linestyle=":", linewidth=1, label="majority answer")
+        ax.set_xscale("log")
+        ax.set_xticks(list(KEEPS), [str(k) for k in KEEPS])
+        ax.grid(alpha=0.3)
+    by_keep_ax.set_xlabel("keep (share of the 144 visual tokens asked for)")
+    by_cost_ax.set_xlabel("mean share of visual tokens the decoder layers processed (cost)")
+    by_keep_ax.set_ylabel("accuracy")
+    by_keep_ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"tiny-llava-shapes (144 visual tokens), {results['unpruned']['n']} held-out questions")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -68,3 +68,30 @@ def test_adaptive_reducers_are_calibrated_to_each_keep_on_images_never_tested(sh
         assert atp[keep]["layer_share"] == pytest.approx(float(keep), abs=0.1)  # test images, not tuned on
     assert "calibration" not in results["reducers"]["fastervlm"]["0.5"]  # fixed-keep reducers are not tuned
     assert results["reducers"]["fastervlm"]["0.5"]["visual_tokens_kept"] == 72
+
+
+def test_table_plot_and_card_are_generated_from_the_results(tmp_path):
+    """The report is a pure function of the results: every reducer and keep appears, identical curves are
+    labelled as such, and the published FasterVLM anchor is printed next to the measured retention."""
+    from benchmarks.accuracy import card_markdown, markdown, plot
+
+    types = ("colour_of_shape", "shape_of_colour", "exists", "count", "relpos")
+
+    def row(acc, kept, share):
+        return {"accuracy": acc, "retention": acc / 0.8, "visual_tokens_kept": kept, "layer_share": share, "n": 10,
+                "per_type": dict.fromkeys(types, acc)}
+
+    curve = {k: row(a, 144 * float(k), float(k)) for k, a in (("1.0", 0.8), ("0.25", 0.7), ("0.1", 0.6), ("0.05", 0.5))}
+    results = {"unpruned": row(0.8, 144, 1.0), "skipped": {"quota": "ValueError: video only"},
+               "reducers": {"fastervlm": curve, "vtc_cls": dict(curve),
+                            "atp": {k: {**r, "calibration": {"achieved": 0.32, "reached": k == "1.0"}}
+                                    for k, r in curve.items()}}}
+    majority = {"overall": {"accuracy": 0.3}, **{t: {"accuracy": 0.3} for t in types}}
+    md = markdown(results, majority, {"date": "today"})
+    assert md.count("| fastervlm |") == 4 and md.count("| atp |") == 4 and "`quota`: ValueError" in md
+    assert "keep 0.1: 75.0% here vs 94.24% published" in md
+    assert "At keep 0.25, 0.1, 0.05 the target is below what `atp` can reach" in md
+    card = card_markdown(results)
+    assert "| fastervlm | 0.800 | 0.700 | 0.600 | 0.500 |" in card and "keep 0.1 (14)" in card
+    png = plot(results, majority, tmp_path / "accuracy.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
