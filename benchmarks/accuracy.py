@@ -201,11 +201,14 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
     if all(k in ours for k in FASTERVLM_PUBLISHED):
         pairs = "; ".join(f"keep {k}: {ours[k]['retention']:.1%} here vs {v:.2%} published"
                           for k, v in FASTERVLM_PUBLISHED.items())
+        at = ours["0.1"]["per_type"]
+        worst = sorted(at, key=lambda t: at[t] - un["per_type"][t])[:2]
+        losses = ", ".join(f"{t} {un['per_type'][t]:.3f} → {at[t]:.3f}" for t in worst)
         lines += ["", f"FasterVLM retention against the paper's LLaVA-1.5-7B figures (mean over 10 benchmarks, "
-                  f"576 tokens): {pairs}. The tiny model loses more at low keep, mostly on count and relpos (a "
-                  "question whose answer needs every object, or two far-apart ones); it never saw a short image "
-                  "sequence in training, so part of the loss is likely that shift rather than the selection (an oracle that "
-                  "keeps the object patches first lost as much in `shared/notes/training.md` §4)."]
+                  f"576 tokens): {pairs}. At keep 0.1 the largest losses here are {losses}. The tiny model "
+                  "never saw a short image sequence in training, so part of the loss is likely that shift rather "
+                  "than the selection (an oracle keeping the object patches first lost about as much in "
+                  "`shared/notes/training.md` §4)."]
     calibrated = {name: by_keep for name, by_keep in results["reducers"].items()
                   if any("calibration" in r for r in by_keep.values())}
     notes = ["", "Reading the table: `aim` at keep 1.0 still prunes inside the LLM (its schedule removes every visual "
