@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,9 +32,9 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import vtr
-from benchmarks.report import (machine_info, machine_line, markdown_table, paired_median, replace_section,
-                               time_rounds, write_json)
-from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
+from benchmarks.report import (machine_info, machine_line, markdown_table, paired_median, time_rounds)
+from benchmarks.timing_args import (TimingDefaults, command_line, parse_timing_args, publish, timing_parser,
+                                    timing_setup)
 from vtr.testing import chat_prompt, tiny_model
 
 SECTION = "efficiency"
@@ -349,10 +348,9 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     dtype, attention = str(b.model.dtype).removeprefix("torch."), b.model.config._attn_implementation
     result = dict(
         benchmark=SECTION,
-        command=" ".join(["python -m benchmarks.efficiency", *(argv if argv is not None else sys.argv[1:])]),
+        command=command_line("benchmarks.efficiency", argv),
         machine=machine_info(dtype=dtype, attention=attention),
-        setup=dict(quick=args.quick, warmup=args.warmup, repeats=args.repeats, max_foreign=args.max_foreign,
-                   max_seconds=args.max_seconds, seed=args.seed, keeps=list(keeps), vision=config["vision"],
+        setup=dict(**timing_setup(args), keeps=list(keeps), vision=config["vision"],
                    text=config["text"], vocab_size=b.model.config.text_config.vocab_size,
                    vision_feature_layer=b.feature_layer, visual_tokens=unpatched["visual_tokens"],
                    prompt_tokens=unpatched["prompt_tokens"], image="skimage.data.astronaut()", question=QUESTION,
@@ -361,10 +359,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         checks={str(k): v for k, v in per_keep.items()},
         summary=summarise(vs, timing, args.max_foreign, per_keep, unpatched),
     )
-    write_json(args.json, result)
-    replace_section(args.md, SECTION, markdown(result))
-    log(f"wrote {args.json} and the '{SECTION}' section of {args.md}")
-    return result
+    return publish(args, SECTION, result, markdown, log)
 
 
 if __name__ == "__main__":

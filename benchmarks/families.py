@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,8 +35,9 @@ import torch
 import vtr
 from benchmarks.efficiency import Variant
 from benchmarks.report import (RoundSummary, kv_cache_mib, machine_info, machine_line, markdown_table, ratio_cell,
-                               replace_section, time_rounds, write_json)
-from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
+                               time_rounds)
+from benchmarks.timing_args import (TimingDefaults, command_line, parse_timing_args, publish, timing_parser,
+                                    timing_setup)
 from vtr.testing import chat_prompt, tiny_model
 from vtr.testing.qwen2_vl import media_prompt
 
@@ -508,17 +508,13 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         torch.set_num_threads(threads)
     result = dict(
         benchmark=SECTION,
-        command=" ".join(["python -m benchmarks.families", *(argv if argv is not None else sys.argv[1:])]),
+        command=command_line("benchmarks.families", argv),
         machine=info,
-        setup=dict(quick=args.quick, warmup=args.warmup, repeats=args.repeats, max_foreign=args.max_foreign,
-                   max_seconds=args.max_seconds, seed=args.seed, keeps=list(keeps), config=config,
+        setup=dict(**timing_setup(args), keeps=list(keeps), config=config,
                    dtype=cases[0]["dtype"], attention=cases[0]["attention"]),
         cases=cases,
     )
-    write_json(args.json, result)
-    replace_section(args.md, SECTION, markdown(result))
-    log(f"wrote {args.json} and the '{SECTION}' section of {args.md}")
-    return result
+    return publish(args, SECTION, result, markdown, log)
 
 
 if __name__ == "__main__":

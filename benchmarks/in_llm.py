@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
 import time
 from dataclasses import dataclass
 from itertools import groupby
@@ -40,8 +39,9 @@ import torch
 import vtr
 from benchmarks.efficiency import FULL as EFFICIENCY_FULL, QUESTION, QUICK as EFFICIENCY_QUICK, Variant
 from benchmarks.report import (RoundSummary, kv_cache_lengths, kv_cache_mib, machine_info, machine_line,
-                               markdown_table, ratio_cell, replace_section, time_rounds, write_json)
-from benchmarks.timing_args import TimingDefaults, parse_timing_args, timing_parser
+                               markdown_table, ratio_cell, time_rounds)
+from benchmarks.timing_args import (TimingDefaults, command_line, parse_timing_args, publish, timing_parser,
+                                    timing_setup)
 from vtr.flops import prefill_flops
 from vtr.testing import chat_prompt, tiny_model
 
@@ -429,10 +429,9 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     dtype, attention = str(b.model.dtype).removeprefix("torch."), b.model.config._attn_implementation
     result = dict(
         benchmark=SECTION,
-        command=" ".join(["python -m benchmarks.in_llm", *(argv if argv is not None else sys.argv[1:])]),
+        command=command_line("benchmarks.in_llm", argv),
         machine=machine,
-        setup=dict(quick=args.quick, warmup=args.warmup, repeats=args.repeats, max_foreign=args.max_foreign,
-                   max_seconds=args.max_seconds, seed=args.seed, vision=config["vision"], text=config["text"],
+        setup=dict(**timing_setup(args), vision=config["vision"], text=config["text"],
                    fastv_layer=FASTV_LAYER, fastv_keeps=list(FASTV_KEEPS),
                    visual_tokens=info["unpatched"]["visual_tokens_in"],
                    prompt_tokens=info["unpatched"]["prompt_tokens"],
@@ -441,10 +440,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         timing={k: v for k, v in timing.items() if k not in ("seconds", "foreign")},
         summary=summarise(vs, timing, args.max_foreign, info),
     )
-    write_json(args.json, result)
-    replace_section(args.md, SECTION, markdown(result))
-    log(f"wrote {args.json} and the '{SECTION}' section of {args.md}")
-    return result
+    return publish(args, SECTION, result, markdown, log)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,26 @@ def parse_timing_args(p: argparse.ArgumentParser, argv: Sequence[str] | None,
     if not all(0 < k <= 1 for k in getattr(args, "keeps", [])):
         p.error(f"--keeps must be ratios in (0, 1], got {args.keeps}")
     return args
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a result, for its JSON record."""
+    import sys
+
+    return " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def timing_setup(args: argparse.Namespace) -> dict:
+    """The timing options a result was measured with, for its JSON record."""
+    return dict(quick=args.quick, warmup=args.warmup, repeats=args.repeats, max_foreign=args.max_foreign,
+                max_seconds=args.max_seconds, seed=args.seed)
+
+
+def publish(args: argparse.Namespace, section: str, result: dict, markdown, log=print) -> dict:
+    """Write ``result`` to ``args.json`` and ``markdown(result)`` into section ``section`` of ``args.md``."""
+    from benchmarks.report import replace_section, write_json
+
+    write_json(args.json, result)
+    replace_section(args.md, section, markdown(result))
+    log(f"wrote {args.json} and the '{section}' section of {args.md}")
+    return result

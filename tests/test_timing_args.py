@@ -36,3 +36,18 @@ def test_out_of_range_values_are_refused_by_name(argv, named, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(argv)
     assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_publish_writes_the_json_and_only_its_section(tmp_path):
+    import json
+
+    from benchmarks.timing_args import command_line, publish, timing_setup
+
+    args = parse(["--quick"])
+    args.json, args.md = str(tmp_path / "x.json"), str(tmp_path / "B.md")
+    (tmp_path / "B.md").write_text("# Benchmarks\n\nhand-written\n")
+    result = {"command": command_line("benchmarks.x", ["--quick"]), "setup": timing_setup(args)}
+    assert publish(args, "x", result, lambda r: f"## X\n{r['command']}", log=lambda *_: None) is result
+    assert json.loads((tmp_path / "x.json").read_text())["setup"]["repeats"] == 1
+    md = (tmp_path / "B.md").read_text()
+    assert "hand-written" in md and "<!-- x:begin -->\n## X\npython -m benchmarks.x --quick\n<!-- x:end -->" in md
