@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean wheel-check
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# What users install: build the wheel and sdist, install the wheel (not editable) into a fresh venv,
+# and run the smoke test from an empty folder with no repository around it.
+WHEEL_VENV := build/wheel-venv
+wheel-check: $(STAMP)
+	rm -rf dist $(WHEEL_VENV) && mkdir -p build
+	$(PY) -m build --sdist --wheel --outdir dist . > build/wheel-build.log 2>&1 || (tail -40 build/wheel-build.log; exit 1)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	@echo "installing dist/$$(cd dist && ls *.whl) into a fresh venv (log: build/wheel-install.log)"
+	$(WHEEL_VENV)/bin/python -m pip install --quiet -c requirements.txt dist/*.whl > build/wheel-install.log 2>&1 || (tail -40 build/wheel-install.log; exit 1)
+	tmp=$$(mktemp -d) && cp .ci/wheel_smoke.py $$tmp/ && cd $$tmp && $(CURDIR)/$(WHEEL_VENV)/bin/python wheel_smoke.py
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.efficiency
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -13,13 +13,11 @@ from typing import Any
 
 import torch
 
-from vtr.splice import Segment, gather_columns, kept_columns, padding_side
+from vtr.adapters.layout import with_prefix
+from vtr.engine.splice import Segment, gather_columns, kept_columns, padding_side
+from vtr.probes.decoder import DecoderAttention
 from vtr.visual import VisualTokens
 
-def with_prefix(kept_patches: torch.Tensor, n_prefix: int) -> torch.Tensor:
-    """Patch indices → token indices of a view whose first ``n_prefix`` tokens are always kept."""
-    prefix = torch.arange(n_prefix, device=kept_patches.device)
-    return torch.cat([prefix, kept_patches.long() + n_prefix])
 
 
 #: inputs aligned with the prompt's columns, gathered with the kept columns (with their pad value)
@@ -54,6 +52,9 @@ class Adapter:
     model_classes: tuple[str, ...] = ()
     #: visual inputs this family accepts, by keyword
     visual_inputs: tuple[str, ...] = ("pixel_values",)
+    #: signals this family computes (:class:`~vtr.signals.Signal`); a reducer reading others is
+    #: refused at patch time
+    provides: frozenset = frozenset()
     #: signals the call's reducer declared (``Reducer.vision_signals``), set by the pipeline before
     #: :meth:`encode`: probes that cost something (every tower layer) run only when asked for
     requested_signals: frozenset[str] = frozenset()
@@ -73,10 +74,25 @@ class Adapter:
     def text_config(self):
         return self.model.config.get_text_config()
 
+    # -- the decoder: module paths the in-LLM engine needs --------------------------------------
     @property
     def language_model(self) -> torch.nn.Module:
-        """The decoder stack (``.layers``); the same path in every supported family."""
+        """The decoder stack, whose forward gets ``inputs_embeds``, masks and positions (hooked by the
+        in-LLM engine); the same path in every supported family."""
         return self.model.model.language_model
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The decoder layers, in order; each one's forward pre-hook sees the hidden states."""
+        return self.language_model.layers
+
+    def decoder_attention(self, index: int) -> DecoderAttention:
+        """The attention parts of decoder layer ``index`` that the engine probes (Llama/Qwen2 layout)."""
+        attention = self.decoder_layers()[index].self_attn
+        return DecoderAttention(attention, attention.q_proj, attention.k_proj, attention.head_dim, attention.scaling)
+
+    def decoder_attention_implementation(self) -> str:
+        """``"eager"``, ``"sdpa"``, ...: decides whether the engine hands layers a 4-D float mask."""
+        return getattr(self.language_model.config, "_attn_implementation", None) or "sdpa"
 
     def placeholder_ids(self) -> list[int]:
         """Token ids that stand for visual tokens in ``input_ids`` (image and video)."""

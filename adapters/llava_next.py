@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 import torch
 
 from vtr.adapters.base import Encoded
-from vtr.adapters.llava import ClipTowerAdapter, first_given, tower_signals
-from vtr.splice import Segment
+from vtr.adapters.clip_tower import ClipTowerAdapter, first_given, tower_signals
+from vtr.adapters.layout import item_rows
+from vtr.engine.splice import Segment
+from vtr.signals import Signal
 from vtr.visual import Signals, View, VisualTokens
 
 UNPAD_NOTE = (
@@ -68,6 +70,7 @@ class PackedImages(Encoded):
 
 class LlavaNextAdapter(ClipTowerAdapter):
     family = "llava_next"
+    provides = ClipTowerAdapter.provides | {Signal.ANYRES_LAYOUT}
     model_classes = ("LlavaNextForConditionalGeneration",)
     visual_inputs = ("pixel_values",)
     rejected_inputs = {
@@ -97,7 +100,8 @@ class LlavaNextAdapter(ClipTowerAdapter):
         side = config.vision_config.image_size // config.vision_config.patch_size
         n_views = self.views_per_image(image_sizes)
         sources = self.packed_sources(packed, n_views, image_sizes, strategy, side * side)
-        samples = self.image_rows(kwargs["input_ids"], [len(p) for p in packed])
+        samples = item_rows(kwargs["input_ids"], config.image_token_id, [len(p) for p in packed], "image",
+                            "pixel_values/image_sizes")
 
         layout = self.view_layout(sources, samples, n_views, side)
         views, view_rows, view_crops, image_views, newline_rows = layout
@@ -105,18 +109,13 @@ class LlavaNextAdapter(ClipTowerAdapter):
         features = [packed[img].index_select(0, view_rows[v].to(packed[img].device))
                     for img, vs in enumerate(image_views) for v in vs]
 
-        def view_scores() -> list[torch.Tensor]:
-            scores = cls_scores()  # (total crops, side*side)
-            return [scores[crop].index_select(0, patches.to(scores.device)) for crop, patches in view_crops]
-
         def per_view(scores: torch.Tensor) -> list[torch.Tensor]:  # (total crops, ..., side*side) -> views
             return [scores[crop].index_select(-1, patches.to(scores.device)) for crop, patches in view_crops]
 
         def anyres_layout() -> list[torch.Tensor]:
             return self.anyres_layout(image_sizes, n_views, view_crops, image_views, view_rows, newline_rows, side)
 
-        signals = Signals(self.family, {"cls_attention": view_scores, **tower_signals(cls_scores, per_view),
-                                        "anyres_layout": anyres_layout})
+        signals = Signals(self.family, {**tower_signals(cls_scores, per_view), Signal.ANYRES_LAYOUT: anyres_layout})
         visual = VisualTokens(features, views, signals, notes=[UNPAD_NOTE] if dropped else [])
         segments = [Segment(s, len(p), config.image_token_id) for s, p in zip(samples, packed)]
         return [PackedImages("image", visual, outputs, segments, packed=packed, view_rows=view_rows,
@@ -203,26 +202,6 @@ class LlavaNextAdapter(ClipTowerAdapter):
                 layout[v] = torch.tensor([image, cell[0], cell[1], grid_rows, grid_cols, cell[2], cell[3], rows, cols])
             first += n_views[image]
         return layout
-
-    def image_rows(self, input_ids: torch.Tensor, lengths: list[int]) -> list[int]:
-        """Batch row of each image: images fill rows in order, ``lengths[i]`` placeholders each."""
-        counts = (input_ids == self.model.config.image_token_id).sum(dim=1).tolist()
-        rows, image = [], 0
-        for row, count in enumerate(counts):
-            while count > 0 and image < len(lengths):
-                count -= lengths[image]
-                rows.append(row)
-                image += 1
-            if count != 0:
-                break
-        else:
-            if image == len(lengths):
-                return rows
-        raise ValueError(
-            f"input_ids hold {counts} image placeholders per row, but pixel_values/image_sizes give {len(lengths)} "
-            f"image(s) packed to {lengths} tokens; build the prompt with the model's processor (LlavaNextProcessor) "
-            "from the same images"
-        )
 
     def segment_keep(self, encoded: PackedImages, plan: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per image, sorted packed rows kept: the kept patches of each of its views plus every newline."""

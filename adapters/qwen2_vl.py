@@ -36,9 +36,11 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vtr.adapters.base import Adapter, Encoded
-from vtr.signals import patch_attention_means
-from vtr.splice import Segment, gather_columns
-from vtr.visual import Signals, View, VisualTokens, number_views, prompt_rows
+from vtr.adapters.layout import describe_views, item_rows
+from vtr.engine.splice import Segment, gather_columns
+from vtr.probes.vision import patch_attention_means
+from vtr.signals import Signal
+from vtr.visual import Signals, View, VisualTokens
 
 #: (pixel key, grid key, feature function, config token id attribute) per modality
 MODALITIES = {
@@ -103,21 +105,25 @@ class ReceivedAttentionProbe:
             handle.remove()
         self._handles = []
 
+    def rotated_qk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's queries and keys ``(S, H, d)`` each, split from the fused ``qkv`` and rotated by the
+        model's own vision RoPE (in the model's dtype)."""
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        if self.qkv is None or self.position_embeddings is None:
+            raise RuntimeError("the probed vision attention block did not run; is signal_block a valid block index?")
+        n = self.qkv.shape[0]
+        q, k, _ = self.qkv.reshape(n, 3, self.attention.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        return apply_rotary_pos_emb_vision(q, k, *self.position_embeddings)
+
     def received_attention(self, merge: int, max_elements: int = 1 << 24) -> list[torch.Tensor]:
         """Attention received per merged token, one ``(n_chunk / merge²,)`` float32 tensor per chunk.
 
         Exact post-softmax values of the block's attention, computed per ``cu_seqlens`` chunk and in
         blocks of query rows of at most ``max_elements`` logits (64 MiB in float32) each.
         """
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
-        if self.qkv is None or self.position_embeddings is None:
-            raise RuntimeError("the probed vision attention block did not run; is signal_block a valid block index?")
         heads, scale = self.attention.num_heads, self.attention.scaling
-        n = self.qkv.shape[0]
-        q, k, _ = self.qkv.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, d) each
-        cos, sin = self.position_embeddings
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # the model's own RoPE, in the model's dtype
+        q, k = self.rotated_qk()
         bounds = self.cu_seqlens.tolist()
         scores = []
         for start, end in zip(bounds[:-1], bounds[1:]):
@@ -138,6 +144,8 @@ class ReceivedAttentionProbe:
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_classes = ("Qwen2VLForConditionalGeneration",)
+    provides = frozenset({Signal.CLS_ATTENTION, Signal.RECEIVED_ATTENTION, Signal.PATCH_ATTENTION_LOGIT_MEANS,
+                          Signal.PATCH_ATTENTION_PROB_MEANS})
     visual_inputs = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
     rejected_inputs = {
         "image_sizes": "Qwen2-VL takes image_grid_thw from its own processor, not image_sizes",
@@ -188,11 +196,9 @@ class Qwen2VLAdapter(Adapter):
         visual, modality = encoded.visual, encoded.modality
         pixels_key, grid_key = MODALITIES[modality][:2]
         grids = kwargs[grid_key]
-        visual.views = number_views(visual.views, [t if modality == "video" else 0 for t in grids[:, 0].tolist()])
-        visual.modality, visual.model = modality, self.model
-        visual.prompt_ids = prompt_rows(kwargs["input_ids"], kwargs.get("attention_mask"))
-        visual.view_pixels = functools.cache(lambda: self.first_frames(kwargs[pixels_key], grids))
-        visual.view_inputs = functools.partial(self.view_inputs, visual, modality)
+        describe_views(visual, modality, kwargs, [t if modality == "video" else 0 for t in grids[:, 0].tolist()],
+                       functools.cache(lambda: self.first_frames(kwargs[pixels_key], grids)),
+                       functools.partial(self.view_inputs, visual, modality))
 
     def view_inputs(self, visual: VisualTokens, modality: str, views: list[int], input_ids: torch.Tensor) -> dict:
         """``mm_encoder_outputs`` with the features of ``views`` (one per row of ``(n, L)`` ``input_ids``) and
@@ -234,7 +240,7 @@ class Qwen2VLAdapter(Adapter):
             outputs = getattr(base, function_name)(kwargs[pixels_key], grids, return_dict=True)
         items = list(outputs.pooler_output)  # (t·h·w/merge², D) per image or video
         sizes = [f.shape[0] for f in items]
-        samples = self.item_rows(kwargs["input_ids"], token_id, sizes, modality)
+        samples = item_rows(kwargs["input_ids"], token_id, sizes, modality, f"the {modality} grids")
         features, views, segments = [], [], []
         for item, (t, h, w), sample in zip(items, grids.tolist(), samples):
             grid = (h // merge, w // merge)
@@ -242,26 +248,21 @@ class Qwen2VLAdapter(Adapter):
             views += [View(sample=sample, grid=grid, n_prefix=0, token_id=token_id)] * t
             segments.append(Segment(sample, item.shape[0], token_id))
         received = functools.cache(lambda: self.substitute_signal(probe, merge, tokens))
-        patch_means = {f"patch_attention_{kind}_means": functools.cache(
+        patch_means = {signal: functools.cache(
             lambda probs=probs: self.patch_attention_signal(probe, merge, tokens, probs))
-            for probs, kind in ((False, "logit"), (True, "prob"))}
-        signals = Signals(self.family, {"cls_attention": received, "received_attention": received, **patch_means})
+            for probs, signal in ((False, Signal.PATCH_ATTENTION_LOGIT_MEANS), (True, Signal.PATCH_ATTENTION_PROB_MEANS))}
+        signals = Signals(self.family, {Signal.CLS_ATTENTION: received, Signal.RECEIVED_ATTENTION: received, **patch_means})
         tokens = VisualTokens(features, views, signals)
         return PackedEncoded(modality, tokens, outputs, segments, items=items, view_features=list(features))
 
     def patch_attention_signal(self, probe, merge: int, tokens: VisualTokens, probs: bool) -> list[torch.Tensor]:
         """Per view ``(2, n_patches)``: column and row means of ``signal_block``'s patch-to-patch attention
         (logits or probabilities) over the view's chunk, each averaged over the merge windows; noted as adapted."""
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
         note = PATCH_ATTENTION_NOTE.format(block=self.signal_block)
         if note not in tokens.notes:
             tokens.notes.append(note)
-        if probe.qkv is None or probe.position_embeddings is None:
-            raise RuntimeError("the probed vision attention block did not run; is signal_block a valid block index?")
-        heads, n = probe.attention.num_heads, probe.qkv.shape[0]
-        q, k, _ = probe.qkv.reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, d) each
-        q, k = apply_rotary_pos_emb_vision(q, k, *probe.position_embeddings)  # the model's own vision RoPE
+        heads = probe.attention.num_heads
+        q, k = probe.rotated_qk()
         bounds = probe.cu_seqlens.tolist()
         scores = []
         for start, end in zip(bounds[:-1], bounds[1:]):
@@ -281,23 +282,6 @@ class Qwen2VLAdapter(Adapter):
         if [s.numel() for s in scores] != [v.n_patches for v in tokens.views]:
             raise RuntimeError("vision attention chunks do not line up with the image/frame-group views")
         return scores
-
-    def item_rows(self, input_ids: torch.Tensor, token_id: int, sizes: list[int], modality: str) -> list[int]:
-        """Batch row of each image/video, matching placeholder counts per row to item sizes in order."""
-        counts = (input_ids == token_id).sum(dim=1).tolist()
-        rows, item, matched = [], 0, True
-        for row, count in enumerate(counts):
-            while count > 0 and item < len(sizes):
-                count -= sizes[item]
-                rows.append(row)
-                item += 1
-            matched = matched and count == 0
-        if not matched or item != len(sizes):
-            raise ValueError(
-                f"input_ids hold {counts} {modality} placeholders per row, but the {modality} grids give {len(sizes)} "
-                f"{modality}(s) of {sizes} tokens; build the prompt with the model's processor"
-            )
-        return rows
 
     # -- keep plans and features ----------------------------------------------------------------
     def segment_keep(self, encoded: Encoded, plan: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -35,10 +35,11 @@ import copy
 
 import torch
 
-from vtr.adapters.base import Encoded, with_prefix
-from vtr.adapters.llava import ClipTowerAdapter, first_given, tower_signals
-from vtr.splice import Segment
-from vtr.visual import Signals, View, VisualTokens, number_views, prompt_rows
+from vtr.adapters.base import Encoded
+from vtr.adapters.layout import describe_views, item_rows
+from vtr.adapters.clip_tower import ClipTowerAdapter, first_given, tower_signals
+from vtr.engine.splice import Segment
+from vtr.visual import Signals, View, VisualTokens
 
 FRAME_CLS_DROPPED = ("video frames' [CLS] features are dropped (adapter option keep_frame_cls=False, not in "
                      "Video-LLaVA): T fewer tokens per video, and keep=1.0 is not the identity")
@@ -108,17 +109,14 @@ class VideoLlavaAdapter(ClipTowerAdapter):
         A single view is shown to the LLM as a one-frame video (video) or one image (image)."""
         visual, video = encoded.visual, encoded.modality == "video"
         pixels = kwargs["pixel_values_videos"] if video else self.images(kwargs)
-        visual.views = number_views(visual.views, [pixels.shape[1] if video else 0] * pixels.shape[0])
-        visual.modality, visual.model = encoded.modality, self.model
-        visual.prompt_ids = prompt_rows(kwargs["input_ids"], kwargs.get("attention_mask"))
-        visual.view_pixels = lambda: list(pixels.flatten(0, 1) if video else pixels)
 
         def view_inputs(views: list[int], input_ids: torch.Tensor) -> dict:
             outputs = copy.copy(encoded.outputs)
             outputs.pooler_output = torch.stack([visual.features[v] for v in views])  # (n, n_tokens, D)
             return {"mm_encoder_outputs": {encoded.modality: outputs}}
 
-        visual.view_inputs = view_inputs
+        describe_views(visual, encoded.modality, kwargs, [pixels.shape[1] if video else 0] * pixels.shape[0],
+                       lambda: list(pixels.flatten(0, 1) if video else pixels), view_inputs)
 
     def encode_images(self, input_ids, pixel_values, layer, strategy) -> Encoded:
         """One view per image; features ``(256, D)`` each (``(257, D)``, [CLS] first, under "full")."""
@@ -130,10 +128,9 @@ class VideoLlavaAdapter(ClipTowerAdapter):
         features = list(outputs.pooler_output)
         n_prefix = 0 if strategy == "default" else 1
         side = self.grid_side(base.image_tower)
-        samples = self.media_rows(input_ids, config.image_token_id, "image", "pixel_values",
-                                  len(features), features[0].shape[0])
+        samples = item_rows(input_ids, config.image_token_id, [f.shape[0] for f in features], "image", "pixel_values")
         views = [View(sample=s, grid=(side, side), n_prefix=n_prefix, token_id=config.image_token_id) for s in samples]
-        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores()), **tower_signals(cls_scores, list)})
+        signals = Signals(self.family, tower_signals(cls_scores, list))
         return Encoded("image", VisualTokens(features, views, signals), outputs)
 
     def encode_videos(self, input_ids, pixel_values_videos, layer) -> Encoded:
@@ -148,29 +145,18 @@ class VideoLlavaAdapter(ClipTowerAdapter):
         n_prefix = 1 if self.keep_frame_cls else 0
         features = [f if n_prefix else f[1:] for f in frames]
         side = self.grid_side(base.video_tower)
-        samples = self.media_rows(input_ids, config.video_token_id, "video", "pixel_values_videos",
-                                  n_videos, n_frames * frames.shape[1])
+        samples = item_rows(input_ids, config.video_token_id, [n_frames * frames.shape[1]] * n_videos, "video",
+                            "pixel_values_videos")
         views = [View(sample=s, grid=(side, side), n_prefix=n_prefix, token_id=config.video_token_id)
                  for s in samples for _ in range(n_frames)]
         segments = [Segment(s, n_frames * frames.shape[1], config.video_token_id) for s in samples]
-        signals = Signals(self.family, {"cls_attention": lambda: list(cls_scores()),  # (T·n_videos, 256)
-                                        **tower_signals(cls_scores, list)})
+        signals = Signals(self.family, tower_signals(cls_scores, list))  # per frame: (256,) …
         notes = [] if self.keep_frame_cls else [FRAME_CLS_DROPPED]
         return Encoded("video", VisualTokens(features, views, signals, notes), outputs, segments)
 
     @staticmethod
     def grid_side(tower) -> int:
         return tower.config.image_size // tower.config.patch_size
-
-    def media_rows(self, input_ids, token_id, name, key, n_items, tokens_per_item) -> list[int]:
-        """Batch row of each image/video, from the placeholder counts of each row (items fill rows in order)."""
-        counts = (input_ids == token_id).sum(dim=1).tolist()
-        if any(c % tokens_per_item for c in counts) or sum(counts) != n_items * tokens_per_item:
-            raise ValueError(
-                f"input_ids hold {counts} {name} placeholders per row but {key} gives {n_items} {name}(s) of "
-                f"{tokens_per_item} tokens; build the prompt with the model's processor"
-            )
-        return [row for row, c in enumerate(counts) for _ in range(c // tokens_per_item)]
 
     # -- keep plan → tokens → features ----------------------------------------------------------
     def segment_keep(self, encoded: Encoded, plan: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,11 +1,11 @@
 """Accuracy retained under visual-token reduction, on the project's trained tiny LLaVA (144 visual tokens).
 
-``python -m benchmarks.accuracy [--limit N] [--batch 125] [--model models/tiny-llava-shapes]``
+``python -m benchmarks.accuracy [--limit N] [--batch 125] [--model vtr/shapes/tiny-llava-shapes]``
 
 Every registered reducer (``vtr.list_reducers()``; a reducer that lands later joins by registration alone)
-is patched onto ``models/tiny-llava-shapes`` — a stock ``LlavaForConditionalGeneration`` trained by
+is patched onto ``vtr/shapes/tiny-llava-shapes`` — a stock ``LlavaForConditionalGeneration`` trained by
 ``benchmarks/train_tiny_llava.py`` (see its ``MODEL_CARD.md``) — at keep 1.0, 0.5, 0.25, 0.1 and 0.05, and
-answers the held-out questions of ``benchmarks/synthetic`` (1,250 by default, balanced over five question
+answers the held-out questions of ``vtr/shapes`` (1,250 by default, balanced over five question
 types). Recorded per run: accuracy overall and per type, retention (accuracy / unpruned accuracy), and the
 visual tokens the LLM's input kept (tokens entering decoder layer 0) and the mean share of visual tokens the
 decoder layers processed (``model.vtr.stats.layer_share``, the cost that in-LLM reducers cut further).
@@ -15,7 +15,7 @@ Keep means different things to different reducers: for pre-LLM reducers it is th
 the LLM sees; ``fastv`` keeps that share from decoder layer 2 on (layers 0–1 see all 144); ``aim`` merges to
 ``keep`` before the LLM and then prunes further inside it; adaptive reducers (a ``scale`` setting, e.g.
 ``atp``) are tuned with :func:`vtr.calibrate` to each ``keep`` on 40 calibration images that are never tested
-(``benchmarks.synthetic.calibration_set``), then adapt per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
+(``vtr.shapes.calibration_set``), then adapt per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
 error they raise.
 
 Answers are the argmax of the last-position logits of one patched, batched, left-padded
@@ -36,11 +36,11 @@ import torch
 
 import vtr
 from benchmarks.report import machine_info, markdown_table, replace_section, write_json
-from benchmarks.synthetic import QUESTION_TYPES, calibration_set, majority_baseline, render_pil
-from benchmarks.synthetic import test_set as held_out_set
+from vtr.shapes import CHECKPOINT as MODEL
+from vtr.shapes import QUESTION_TYPES, calibration_set, majority_baseline, render_pil
+from vtr.shapes import test_set as held_out_set
 
 SECTION = "accuracy"
-MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llava-shapes"
 KEEPS = (1.0, 0.5, 0.25, 0.1, 0.05)
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -174,9 +174,9 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
     lines = [
         "## Accuracy retained (tiny LLaVA trained here, 144 visual tokens)",
         "",
-        f"`python -m benchmarks.accuracy` on `models/tiny-llava-shapes` (a stock `LlavaForConditionalGeneration`, "
+        f"`python -m benchmarks.accuracy` on `vtr/shapes/tiny-llava-shapes` (a stock `LlavaForConditionalGeneration`, "
         f"see its `MODEL_CARD.md`; **144 visual tokens** — 96 px, patch 8 — not LLaVA-1.5's 576), "
-        f"{un['n']} held-out questions of `benchmarks/synthetic` ({', '.join(QUESTION_TYPES)}, balanced). "
+        f"{un['n']} held-out questions of `vtr/shapes` ({', '.join(QUESTION_TYPES)}, balanced). "
         f"Unpruned accuracy **{un['accuracy']:.3f}**; majority-answer baseline {majority['overall']['accuracy']:.3f}. "
         "Retention = accuracy / unpruned accuracy. *LLM input* = mean visual tokens entering decoder layer 0; "
         "*layers* = mean share of the 144 visual tokens the decoder layers processed, the cost (differs from "
@@ -229,7 +229,7 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
     lines += notes
     if un["accuracy"] < 0.8:
         lines += ["", f"**Caveat:** the model reaches {un['accuracy']:.3f} unpruned, below the 0.80 the project set for "
-                  "this benchmark (see `models/tiny-llava-shapes/MODEL_CARD.md`: under-trained vision tower), so "
+                  "this benchmark (see `vtr/shapes/tiny-llava-shapes/MODEL_CARD.md`: under-trained vision tower), so "
                   "differences of a few points between reducers are within noise (n per type = "
                   f"{un['n'] // len(QUESTION_TYPES)}); the large gaps (e.g. [CLS]-based selection vs random or pooling "
                   "at keep 0.1) are not."]

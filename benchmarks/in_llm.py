@@ -42,7 +42,7 @@ from benchmarks.report import (RoundSummary, kv_cache_lengths, kv_cache_mib, mac
                                markdown_table, ratio_cell, time_rounds)
 from benchmarks.timing_args import (TimingDefaults, command_line, parse_timing_args, publish, timing_parser,
                                     timing_setup)
-from vtr.flops import prefill_flops
+from vtr.ops.flops import prefill_flops
 from vtr.testing import chat_prompt, tiny_model
 
 SECTION = "in_llm"

@@ -13,7 +13,7 @@
 
 Reported: min and median wall seconds of each, and the scoring and decoupling passes relative to
 the answer pass (median of per-round ratios, and min/min). Also an analytic figure that does not
-depend on the machine: LLM prefill FLOPs (:mod:`vtr.flops`) of the scoring pass (T one-frame
+depend on the machine: LLM prefill FLOPs (:mod:`vtr.ops.flops`) of the scoring pass (T one-frame
 prompts) over those of the answer prefill. Prints a markdown table and writes
 ``benchmarks/results/quota_cost.json``.
 
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 import vtr
-from vtr.flops import prefill_flops
-from vtr.quota import assignments
-from vtr.quota.prompts import media_prompt, split_prompt
-from vtr.quota.scorers import scoring_text
+from vtr.ops.flops import prefill_flops
+from vtr.reducers.quota import assignments
+from vtr.reducers.quota.prompts import media_prompt, split_prompt
+from vtr.reducers.quota.scorers import scoring_text
 from vtr.testing import random_frames, tiny_model
 
 RESULTS = Path(__file__).parent / "results" / "quota_cost.json"

@@ -1,7 +1,7 @@
 """Train the project's tiny LLaVA on the procedural shapes VQA task and save it as a stock checkpoint.
 
-``python -m benchmarks.train_tiny_llava [--stage1-seconds 1020] [--stage2-seconds 3300] [--out models/tiny-llava-shapes]``
-``python -m benchmarks.train_tiny_llava --resume models/tiny-llava-shapes --stage2-seconds 1080 --restart-share 0.5``
+``python -m benchmarks.train_tiny_llava [--stage1-seconds 1020] [--stage2-seconds 3300] [--out vtr/shapes/tiny-llava-shapes]``
+``python -m benchmarks.train_tiny_llava --resume vtr/shapes/tiny-llava-shapes --stage2-seconds 1080 --restart-share 0.5``
 
 The shipped checkpoint came from these two commands (its ``MODEL_CARD.md`` lists the exact budgets): about
 110 min on a quiet 2-core CPU, of which stage 1 took 17 min and stage 2 89 min. Most of the last gains came
@@ -46,15 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.synthetic import (COLOURS, GRID, IMAGE_SIZE, N_LABELS, PATCH, QUESTION_TYPES, SHAPES, WORDS,
+from vtr.media.images import CLIP_MEAN, CLIP_STD
+from vtr.shapes import (COLOURS, GRID, IMAGE_SIZE, N_LABELS, PATCH, QUESTION_TYPES, SHAPES, WORDS,
                                   make_scene, majority_baseline, patch_labels, render, scene_attributes, test_set,
                                   training_questions)
 
 TRAIN_SEED = 1234
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 N_TOKENS = GRID * GRID  # 144
-DEFAULT_OUT = "models/tiny-llava-shapes"
+DEFAULT_OUT = "vtr/shapes/tiny-llava-shapes"
 D = 128
 
 
@@ -396,7 +395,7 @@ def evaluate_saved(path: Path, items, batch: int = 64, device="cpu") -> dict:
     """Accuracy of the checkpoint at ``path`` loaded as any user would, prompts through its processor."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from benchmarks.synthetic import render_pil
+    from vtr.shapes import render_pil
     from vtr.testing import chat_prompt
 
     model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
@@ -448,13 +447,13 @@ def write_card(out: Path, record: dict):
 
 A stock `LlavaForConditionalGeneration` ({record['params'] / 1e6:.2f} M parameters, {size_mb:.1f} MB safetensors)
 trained from scratch by `python -m benchmarks.train_tiny_llava` on the procedural shapes VQA task of
-`benchmarks/synthetic/`. It exists so that what visual-token reduction costs in accuracy can be measured on
+`vtr/shapes/`. It exists so that what visual-token reduction costs in accuracy can be measured on
 this project's machines, where no real VLM weights can be downloaded. Load it like any model:
 
 ```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
-model = AutoModelForImageTextToText.from_pretrained("models/tiny-llava-shapes")
-processor = AutoProcessor.from_pretrained("models/tiny-llava-shapes")
+model = AutoModelForImageTextToText.from_pretrained("vtr/shapes/tiny-llava-shapes")
+processor = AutoProcessor.from_pretrained("vtr/shapes/tiny-llava-shapes")
 prompt = "USER: <image>\\nwhat color is the circle ? ASSISTANT:"   # vtr.testing.chat_prompt(question)
 ```
 
@@ -472,7 +471,7 @@ says "144 tokens". At keep 0.1 a reducer keeps 14 tokens.
 | processor | `LlavaProcessor`: `CLIPImageProcessor` (96 px, CLIP mean/std) + word-level `PreTrainedTokenizerFast` (left padding) |
 
 ## Data
-`benchmarks/synthetic/`: 96×96 scenes with 3–6 objects (circle / square / triangle × red / green / blue / yellow /
+`vtr/shapes/`: 96×96 scenes with 3–6 objects (circle / square / triangle × red / green / blue / yellow /
 purple / cyan × 8 / 12 / 16 px) on a textured, cluttered background. Single-word answers; question types
 colour_of_shape, shape_of_colour, exists (70 % of the negatives hard: colour and shape both present, not
 together), count (0–3), relpos (left / right / above / below between two uniquely named objects). Training

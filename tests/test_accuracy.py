@@ -1,7 +1,7 @@
-"""The shipped checkpoint ``models/tiny-llava-shapes``: loads like any model, scores what it recorded, and
+"""The shipped checkpoint ``vtr/shapes/tiny-llava-shapes``: loads like any model, scores what it recorded, and
 pruning by [CLS] attention beats random pruning on it (a regression test for selection quality).
 
-The recorded numbers are in ``models/tiny-llava-shapes/eval.json`` (``test_slices``), written by
+The recorded numbers are in ``vtr/shapes/tiny-llava-shapes/eval.json`` (``test_slices``), written by
 ``python -m benchmarks.accuracy --record``. Weights and data are fixed, so the scores are deterministic up to
 floating-point summation order across machines; one question of slack is allowed for that.
 """
@@ -12,9 +12,7 @@ import json
 import pytest
 
 from benchmarks.accuracy import MODEL, SLICE_BATCH, SLICES, load, score
-from benchmarks.synthetic import test_set as held_out_set
-
-pytestmark = pytest.mark.skipif(not (MODEL / "eval.json").exists(), reason="models/tiny-llava-shapes not present")
+from vtr.shapes import test_set as held_out_set
 
 
 @pytest.fixture(scope="module")

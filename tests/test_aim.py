@@ -7,7 +7,7 @@ import torch
 
 import vtr
 from reference import check_generate_against_layer_loop
-from vtr.merge import merge_to
+from vtr.ops.merge import merge_to
 from vtr.reducers.aim import AIM, AIMConfig
 from vtr.testing import example_inputs, tiny_model
 

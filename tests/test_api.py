@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import vtr
-from vtr.reducers.random import RandomConfig
-from vtr.select import keep_count
+from vtr.reducers.random_subset import RandomConfig
+from vtr.ops.selection import keep_count
 
 
 def logits(model, inputs):

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import families  # the repo root is on pytest's pythonpath (pyproject.toml)
 from benchmarks.report import markers, replace_section
-from vtr.select import keep_count
+from vtr.ops.selection import keep_count
 
 KEEPS = (0.25, 0.1)
 

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import in_llm  # the repo root is on pytest's pythonpath (pyproject.toml)
 from benchmarks.report import markers
-from vtr.select import keep_count
+from vtr.ops.selection import keep_count
 
 K = in_llm.FASTV_LAYER
 

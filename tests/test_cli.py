@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from vtr.cli import build_prompt, main
-from vtr.io import load_image
-from vtr.overlay import denormalize, kept_mask, overlay, side_by_side
+from vtr.media import load_image
+from vtr.media.overlay import denormalize, kept_mask, overlay, side_by_side
 from vtr.testing import tiny_model
 
 PROMPT = "what is in the image?"
@@ -162,7 +162,7 @@ def test_module_entry_point_reports_bad_input_without_traceback(image_file):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--keep" in result.stderr
 
 
-# -- vtr.io ----------------------------------------------------------------------------------------
+# -- vtr.media ----------------------------------------------------------------------------------------
 
 def test_load_image_converts_to_rgb_and_names_bad_paths(tmp_path):
     rgba = tmp_path / "alpha.png"
@@ -178,7 +178,7 @@ def test_load_image_converts_to_rgb_and_names_bad_paths(tmp_path):
         load_image(junk)
 
 
-# -- vtr.overlay -----------------------------------------------------------------------------------
+# -- vtr.media.overlay -----------------------------------------------------------------------------------
 
 def normalise(rgb: np.ndarray) -> torch.Tensor:
     """What a CLIP image processor does to an ``(H, W, 3)`` uint8 image: ``(3, H, W)`` float."""

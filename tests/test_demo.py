@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from vtr import demo
@@ -26,7 +25,6 @@ def test_demo_random_weights_writes_overlays_and_says_so(tmp_path, capsys):
     check_overlays(tmp_path, 672)
 
 
-@pytest.mark.skipif(not (demo.MODEL / "config.json").exists(), reason="models/tiny-llava-shapes not present")
 def test_demo_default_uses_the_trained_checkpoint(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -71,7 +71,7 @@ def test_significance_takes_the_mean_with_the_larger_variance():
 
 @pytest.mark.parametrize("probs", [False, True])
 def test_patch_attention_means_in_row_blocks_equal_the_full_matrix(probs):
-    from vtr.signals import patch_attention_means
+    from vtr.probes.vision import patch_attention_means
 
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 11, 12, generator=g), torch.randn(2, 11, 12, generator=g)  # [CLS] + 10 patches, 3 heads

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import vtr
 from test_llava_next import reference_layout
-from vtr.grid import cell_anchors, pooled_shape
+from vtr.ops.grid import cell_anchors, pooled_shape
 from vtr.testing import example_inputs, tiny_model
 
 

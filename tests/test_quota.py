@@ -14,7 +14,7 @@ import vtr
 from helpers import forward_logits, generate_steps, special_ids
 from reference import reference_topk
 from test_quota_parts import FakeClip, fake_preprocess, fake_tokenizer
-from vtr.quota import assignments
+from vtr.reducers.quota import assignments
 from vtr.testing import example_inputs, random_frames, tiny_model
 
 FAMILIES = ["video_llava", "qwen2_vl"]
@@ -125,7 +125,7 @@ def test_self_scores_equal_a_hand_built_prompt_on_the_unpatched_model(models, ca
 def test_decoupled_objects_become_the_scoring_question(models, cache, monkeypatch):
     """A readable decoupling answer (random weights never write one, so it is stubbed) turns the
     per-frame question into "any object of cat, dog", checked on the unpatched model by hand."""
-    import vtr.quota.context
+    import vtr.reducers.quota.context
 
     model, processor = models["video_llava"]
     inputs = video_inputs(processor, "video_llava", cache, batch=1, seed=1)
@@ -136,7 +136,7 @@ def test_decoupled_objects_become_the_scoring_question(models, cache, monkeypatc
         prompts.append(ids)
         return tok.encode('Step 1: yes\nStep 2: cat, dog, colour\nStep 3: ["cat", "dog"]', add_special_tokens=False)
 
-    monkeypatch.setattr(vtr.quota.context, "greedy_text", answer)
+    monkeypatch.setattr(vtr.reducers.quota.context, "greedy_text", answer)
     with vtr.patched(model, "quota", keep=0.25, processor=processor):
         with torch.no_grad():
             model(**inputs)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtr.quota import ClipScorer, allocate, frame_weights, load_video_for_quota, parse_objects, quota_frame_count
-from vtr.quota.budget import resample_grid, row_lengths
-from vtr.quota.prompts import split_prompt, text_prompt
-from vtr.quota.scorers import check_scores, frames_uint8
+from vtr.reducers.quota import ClipScorer, allocate, frame_weights, load_video_for_quota, parse_objects, quota_frame_count
+from vtr.reducers.quota.budget import resample_grid, row_lengths
+from vtr.reducers.quota.prompts import split_prompt, text_prompt
+from vtr.reducers.quota.scorers import check_scores, frames_uint8
 from vtr.testing import build_tokenizer
 
 

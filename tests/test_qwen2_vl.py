@@ -34,7 +34,7 @@ def special_ids(model):
 
 
 def budget(keep, n):
-    """FasterVLM's count for a ratio, written out independently of vtr.select."""
+    """FasterVLM's count for a ratio, written out independently of vtr.ops.selection."""
     return max(1, min(n, int(np.floor(keep * n + 0.5))))
 
 

@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import QUESTION_TYPES, candidates, make_scene, majority_baseline, patch_labels, render
-from benchmarks.synthetic import test_set as held_out_set  # aliased: pytest would collect a name test_*
-from benchmarks.synthetic import calibration_set, training_questions
-from benchmarks.synthetic.scenes import RGB
+from vtr.shapes import QUESTION_TYPES, candidates, make_scene, majority_baseline, patch_labels, render
+from vtr.shapes import test_set as held_out_set  # aliased: pytest would collect a name test_*
+from vtr.shapes import calibration_set, training_questions
+from vtr.shapes.scenes import RGB
 
 PALETTE = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 230), "yellow": (235, 220, 30),
            "purple": (150, 40, 200), "cyan": (30, 210, 220)}

@@ -1,10 +1,10 @@
-"""vtr.video: both decoders give the same, uniformly sampled frames, and bad files get clear errors."""
+"""vtr.media.video: both decoders give the same, uniformly sampled frames, and bad files get clear errors."""
 import sys
 
 import numpy as np
 import pytest
 
-from vtr.video import load_video, video_info
+from vtr.media.video import load_video, video_info
 
 N_FRAMES, FPS, BLOCK, BITS = 30, 10, 32, 5
 

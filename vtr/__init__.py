@@ -7,7 +7,8 @@
 """
 from vtr.api import VTRHandle, is_patched, patch, patched, unpatch
 from vtr.calibrate import Calibration, calibrate
-from vtr.registry import ReducerConfig, list_reducers, register_reducer
+from vtr.config import ReducerConfig
+from vtr.registry import list_reducers, register_reducer
 from vtr.reducers.base import Reducer
 from vtr.stats import ReductionStats
 from vtr.visual import View, VisualTokens

@@ -15,9 +15,10 @@ import torch
 
 from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
-from vtr.llm_stage import llm_stage, loss_on_kept, record_llm_stage
-from vtr.pipeline import check_positions, reduce_call
-from vtr.registry import ReducerConfig, make_config
+from vtr.engine.in_llm import llm_stage, loss_on_kept, record_llm_stage
+from vtr.engine.pre_llm import check_positions, check_signals, reduce_call
+from vtr.config import ReducerConfig
+from vtr.registry import make_config
 from vtr.stats import ReductionStats
 
 _MISSING = object()
@@ -58,6 +59,11 @@ class VTRHandle:
 
     def __repr__(self) -> str:
         return f"VTRHandle(reducer={self.reducer!r}, family={self.family!r}, config={self.config})"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The patched model this handle belongs to."""
+        return self._model
 
     def unpatch(self) -> torch.nn.Module:
         return unpatch(self._model)
@@ -160,7 +166,7 @@ def patch(model: torch.nn.Module, reducer: str | ReducerConfig, **config: Any) -
     Args:
         model: a supported transformers model instance (see :func:`vtr.adapters.supported_families`).
         reducer: a registered reducer name (:func:`vtr.list_reducers`) or a config object such as
-            ``vtr.reducers.random.RandomConfig(keep=0.25, seed=1)``.
+            ``vtr.reducers.random_subset.RandomConfig(keep=0.25, seed=1)``.
         **config: settings of the reducer's config class, e.g. ``keep=0.1``; override a config object's.
 
     Raises ``ValueError``/``TypeError`` for an unknown reducer, a bad or unknown setting, an
@@ -178,6 +184,7 @@ def patch(model: torch.nn.Module, reducer: str | ReducerConfig, **config: Any) -
         hint = spec.reducer_class.family_hint
         raise ValueError(f"reducer {spec.name!r} works on {', '.join(families)} models, not {adapter.family!r}"
                          + (f"; {hint}" if hint else ""))
+    check_signals(adapter, spec.reducer_class(cfg))
     VTRHandle(model, adapter, spec, cfg)._install()
     return model
 

@@ -1,6 +1,7 @@
-"""The ``vtr`` command line: ``vtr reducers`` and ``vtr run``.
+"""The ``vtr`` command line: ``vtr reducers``, ``vtr run`` and ``vtr demo``.
 
     vtr reducers
+    vtr demo [--out DIR] [--random]                   # the README's main job (python -m vtr.demo)
     vtr run --model ./llava-1.5-7b-hf --image photo.jpg --prompt "What is shown?" --keep 0.1 --overlay kept.png
     vtr run --model tiny:llava --image photo.jpg --prompt "What is shown?"   # built-in tiny random model
 
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     reducers = commands.add_parser("reducers", help="list the registered reducers")
     reducers.set_defaults(func=cmd_reducers)
 
+    demo = commands.add_parser("demo", help="run the demo on the shipped tiny model (same as python -m vtr.demo)",
+                               add_help=False)
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments of python -m vtr.demo (see --help)")
+    demo.set_defaults(func=cmd_demo)
+
     run = commands.add_parser("run", help="answer a prompt about an image with a patched model")
     run.add_argument("--model", required=True, metavar="PATH_OR_ID",
                      help="local model folder (or a model in the local HF cache), or tiny:llava for the built-in tiny random model")
@@ -94,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def cmd_demo(args) -> int:
+    from vtr import demo
+
+    try:
+        return demo.main(args.demo_args)
+    except SystemExit as done:  # argparse inside the demo: --help, or one usage line on stderr
+        return int(done.code or 0)
+
+
 def cmd_reducers(args) -> int:
     import vtr
 
@@ -109,7 +124,8 @@ def cmd_reducers(args) -> int:
 def make_reducer_config(args):
     """The validated reducer config, before any model is loaded (bad settings fail fast)."""
     import vtr
-    from vtr.registry import check_keep, field_names, get_spec, make_config
+    from vtr.config import check_keep, field_names
+    from vtr.registry import get_spec, make_config
 
     if args.reducer not in vtr.list_reducers():
         raise UsageError(f"--reducer: unknown reducer {args.reducer!r}; available: {', '.join(vtr.list_reducers())}")
@@ -176,7 +192,7 @@ def build_prompt(processor, prompt: str, kind: str = "image") -> str:
 
 def load_media(args):
     """``(kind, media)``: an RGB image, or ``(T, H, W, 3)`` uint8 frames sampled from the video."""
-    from vtr.io import load_image, load_video
+    from vtr.media import load_image, load_video
 
     if args.video is not None:
         try:
@@ -249,7 +265,7 @@ def config_line(name: str, config) -> str:
 
 
 def write_overlay(path: str, inputs, stats, processor) -> None:
-    from vtr.overlay import overlays_from_stats
+    from vtr.media.overlay import overlays_from_stats
 
     image_processor = processor.image_processor
     try:

@@ -1,8 +1,8 @@
 """``python -m vtr.demo [--out DIR] [--random]``: the README's main job, end to end, on embedded defaults.
 
-By default the project's trained tiny LLaVA (``models/tiny-llava-shapes``: a stock
+By default the project's trained tiny LLaVA (``vtr/shapes/tiny-llava-shapes``: a stock
 ``LlavaForConditionalGeneration`` with **144 visual tokens**, trained by ``benchmarks/train_tiny_llava.py``
-on the procedural shapes task of ``benchmarks/synthetic``) looks at a held-out scene and answers a few
+on the procedural shapes task of ``vtr/shapes``) looks at a held-out scene and answers a few
 questions unpatched, then patched with FasterVLM at two keep ratios, and the patch is undone. It prints the
 answers (marked against the scene's true answers), visual tokens kept, timings and the analytic prefill
 FLOPs ratio, and writes overlay PNGs of the kept patches to ``DIR`` (default ``out/``).
@@ -17,11 +17,12 @@ import argparse
 import time
 from pathlib import Path
 
+from vtr.shapes import CHECKPOINT as MODEL  # ships inside the package
+
 QUESTION = "what is in the image?"
 KEEPS = (0.25, 0.1)
 MAX_NEW_TOKENS = 12
 REPEATS = 3  # best-of-3 wall time: single runs on a shared 2-core CPU are noisy
-MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-llava-shapes"
 SCENE_INDEX = 0  # which held-out test item's scene the trained-model demo shows
 
 
@@ -55,8 +56,8 @@ def trained_setup(path: Path):
     """The trained checkpoint, one held-out scene and one question of each type about it (with true answers)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from benchmarks.synthetic import QUESTION_TYPES, candidates, render_pil
-    from benchmarks.synthetic import test_set as held_out_set
+    from vtr.shapes import QUESTION_TYPES, candidates, render_pil
+    from vtr.shapes import test_set as held_out_set
 
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -67,10 +68,14 @@ def trained_setup(path: Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtr.demo", description=__doc__.splitlines()[0])
+    parser.error = lambda message: parser.exit(2, f"vtr demo: error: {message}\n")  # one line, no usage block
     parser.add_argument("--out", default="out", help="folder for the overlay PNGs (default out/)")
     parser.add_argument("--random", action="store_true", help="use the random-weight tiny model and a photo")
-    parser.add_argument("--model", default=str(MODEL), help="trained checkpoint (default models/tiny-llava-shapes)")
+    parser.add_argument("--model", default=None, help="trained checkpoint folder (default: the one shipped in vtr.shapes)")
     args = parser.parse_args(argv)
+    if args.model is not None and not (Path(args.model) / "config.json").exists():
+        parser.exit(2, f"vtr demo: error: --model {args.model!r} is not a checkpoint folder (no config.json in it)\n")
+    args.model = args.model or str(MODEL)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     import vtr
-    from vtr.overlay import denormalize, overlay, side_by_side
+    from vtr.media.overlay import denormalize, overlay, side_by_side
     from vtr.testing import chat_prompt, tiny_model
 
     trained = not args.random and (Path(args.model) / "config.json").exists()
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         questions, truths = [q for q, _ in qa], [a for _, a in qa]
         max_new, scale = 1, 4  # single-word answers: the first token is the answer
         print(f"vtr demo: tiny LLaVA trained on procedural shapes ({Path(args.model).name}, 144 visual tokens)")
-        print("          + a held-out scene from benchmarks/synthetic; answers marked against the scene's truth")
+        print("          + a held-out scene from vtr/shapes; answers marked against the scene's truth")
         record = Path(args.model) / "eval.json"
         if record.exists():
             import json

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,14 +27,17 @@ class ReductionStats:
         stages: per stage name (``"pre_llm"``), ``{"in": [...], "out": [...]}`` per sample.
         visual_tokens_per_layer: per sample, the visual tokens each decoder layer processed.
         prefill_flops_before / prefill_flops_after: analytic LLM prefill FLOPs summed over samples
-            (see :mod:`vtr.flops`), for the unreduced and the reduced prompt.
+            (see :mod:`vtr.ops.flops`), for the unreduced and the reduced prompt.
         views: per view, the kept patch indices (for overlays and debugging).
         kept_columns: per row, the columns of the caller's prompt that the LLM saw, in order; row
             ``b`` of a patched ``forward``'s logits belongs to ``input_ids[b, kept_columns[b]]``
             (after any re-padding on the left).
         llm_columns: for each in-LLM prune layer ``K``, per row, the columns of the LLM input that
             layers ``>= K`` process (-1 for filler entries of ragged batches).
-        seconds: wall time of the vision encoding and of the reducer's selection.
+        seconds: wall time of the vision encoding and of the reducer's selection (and what a reducer
+            adds, e.g. QuoTA's ``quota_decouple`` / ``quota_score``).
+        records: what a reducer recorded about the call, by name (QuoTA: ``"quota"``, one
+            :class:`~vtr.reducers.quota.Assignment` per video).
         notes: deviations that applied to this call, e.g. an "adapted" substitute signal on a
             vision tower without [CLS]; ``adapted`` is True when there are any.
     """
@@ -50,6 +54,7 @@ class ReductionStats:
     kept_columns: list[torch.Tensor] = field(default_factory=list)
     llm_columns: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property

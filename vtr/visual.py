@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import torch
 
+from vtr.signals import Signal, as_signal
+
 
 @dataclass(frozen=True)
 class View:
@@ -44,28 +46,49 @@ class View:
 class Signals:
     """Named per-view signals, computed on first use and cached for the call.
 
-    An adapter registers a provider per signal it can compute, e.g. ``"cls_attention"`` →
-    a function returning one ``(n_patches,)`` float32 tensor per view.
+    An adapter registers a provider per signal it can compute, e.g. ``Signal.CLS_ATTENTION`` →
+    a function returning one ``(n_patches,)`` float32 tensor per view. Names are
+    :class:`~vtr.signals.Signal` members (or their string values); any other name is an error.
     """
 
-    def __init__(self, family: str, providers: dict[str, Callable[[], list[torch.Tensor]]]) -> None:
+    def __init__(self, family: str, providers: dict[Signal | str, Callable[[], list[torch.Tensor]]]) -> None:
         self.family = family
-        self._providers = providers
-        self._cache: dict[str, list[torch.Tensor]] = {}
+        self._providers = {as_signal(name): provider for name, provider in providers.items()}
+        self._cache: dict[Signal, list[torch.Tensor]] = {}
 
     @property
     def available(self) -> list[str]:
-        return sorted(self._providers)
+        return sorted(s.value for s in self._providers)
 
-    def __call__(self, name: str) -> list[torch.Tensor]:
-        if name not in self._cache:
-            if name not in self._providers:
+    def __call__(self, name: Signal | str) -> list[torch.Tensor]:
+        signal = as_signal(name)
+        if signal not in self._cache:
+            if signal not in self._providers:
                 raise ValueError(
-                    f"signal {name!r} is not available for model family {self.family!r}; "
+                    f"signal {signal.value!r} is not available for model family {self.family!r}; "
                     f"available: {', '.join(self.available) or 'none'}"
                 )
-            self._cache[name] = self._providers[name]()
-        return self._cache[name]
+            self._cache[signal] = self._providers[signal]()
+        return self._cache[signal]
+
+
+@dataclass(frozen=True)
+class ModelAccess:
+    """The model, as far as a reducer that asks it about the media (QuoTA's scorer) may use it.
+
+    The engine builds it for every call whose adapter can show the LLM single views
+    (``VisualTokens.view_inputs``); a reducer never sees the model object itself.
+
+    Attributes:
+        forward: the model's forward as it was before patching: runs the unreduced model and does
+            not re-enter the patch (no second reduction, the outer call's stats untouched).
+        eos_token_ids: the model's end-of-sequence ids (its generation config), for short text passes.
+        name_or_path: where the model was loaded from (``""`` when unknown), to find its processor.
+    """
+
+    forward: Callable[..., Any] = field(repr=False)
+    eos_token_ids: tuple[int, ...] = ()
+    name_or_path: str = ""
 
 
 @dataclass
@@ -84,13 +107,19 @@ class VisualTokens:
     Attributes:
         modality: ``"image"`` or ``"video"`` (``""`` when the adapter does not say).
         prompt_ids: per batch row, the caller's ``(N_b,)`` prompt ids with padding removed.
-        model: the model being called (patched), to run its original forward.
+        model: :class:`ModelAccess`, set by the engine when ``view_inputs`` is given.
         view_inputs: ``(views, input_ids) -> kwargs``: given view indices and ``(n, L)`` ids whose
             row ``i`` holds one run of ``views[i]``'s ``n_tokens`` placeholders (``token_id``), the
             extra keyword arguments of the model's forward that put those views' features there
             (``mm_encoder_outputs``, and positions where the family needs them).
         view_pixels: lazily, per view, the ``(3, H, W)`` normalised pixels its vision tower saw
             (the first frame of a Qwen2-VL frame group).
+
+    What a reducer reports back for the call (the engine copies both into ``model.vtr.stats``):
+
+    Attributes:
+        records: per-call records by name, e.g. QuoTA's per-video assignments (``stats.records``).
+        seconds: extra wall times by name, added to ``stats.seconds``.
     """
 
     features: list[torch.Tensor]
@@ -99,11 +128,13 @@ class VisualTokens:
     notes: list[str] = field(default_factory=list)
     modality: str = ""
     prompt_ids: list[torch.Tensor] | None = None
-    model: Any = field(default=None, repr=False)
+    model: ModelAccess | None = field(default=None, repr=False)
     view_inputs: Callable[[list[int], torch.Tensor], dict] | None = field(default=None, repr=False)
     view_pixels: Callable[[], list[torch.Tensor]] | None = field(default=None, repr=False)
+    records: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def signal(self, name: str) -> list[torch.Tensor]:
+    def signal(self, name: Signal | str) -> list[torch.Tensor]:
         return self.signals(name)
 
 

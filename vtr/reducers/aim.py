@@ -4,7 +4,7 @@ Paper: "AIM: Adaptive Inference of Multi-Modal LLMs via Token Merging and Prunin
 ICCV 2025, arXiv 2412.03248 (code: LaVi-Lab/AIM).
 
 Stage 1, before the LLM (per view: per image, per AnyRes view, per video frame): iterative
-bipartite similarity merging (:mod:`vtr.merge`), each round merging ``min(n // 2, n - target)``
+bipartite similarity merging (:mod:`vtr.ops.merge`), each round merging ``min(n // 2, n - target)``
 tokens, down to ``keep`` of the view's patch tokens.
 
 Stage 2, inside the LLM (prefill): after each layer ``l`` in ``[l1, l2)`` the importance of every
@@ -32,10 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.merge import merge_to
+from vtr.ops.merge import merge_to
 from vtr.reducers.base import MergedView, Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_topk_in_order
 from vtr.visual import VisualTokens
 
 

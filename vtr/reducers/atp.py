@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.registry import ReducerConfig, register_reducer
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:

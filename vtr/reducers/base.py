@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.registry import ReducerConfig
-from vtr.select import keep_count
+from vtr.config import ReducerConfig
+from vtr.ops.selection import keep_count
+from vtr.signals import Signal
 from vtr.visual import View, VisualTokens
 
 
@@ -32,7 +33,7 @@ class Reducer:
     - before the LLM: :meth:`plan` gets :class:`~vtr.visual.VisualTokens` (features, layout, lazy
       signals) from the adapter and returns which patch tokens of each view to keep;
     - inside the LLM: :meth:`llm_layers` names the decoder layers before which tokens are dropped,
-      and :meth:`llm_select` gets a :class:`~vtr.decoder_pruning.LayerContext` (exact attention of
+      and :meth:`llm_select` gets a :class:`~vtr.engine.decoder_pruning.LayerContext` (exact attention of
       the previous layer, which entries are visual/text) and returns the visual entries to keep.
 
     Subclasses set ``config_class`` and override the stage(s) they have.
@@ -42,7 +43,10 @@ class Reducer:
     name: str = "?"  # set by @register_reducer
     #: signals whose probes must be set up before the vision tower runs (e.g. every layer's [CLS]
     #: row); the cheap ones (the feature layer's q/k) are always available lazily
-    vision_signals: tuple[str, ...] = ()
+    vision_signals: tuple[Signal, ...] = ()
+    #: every signal :meth:`plan` reads (checked against the adapter's ``provides`` at patch time);
+    #: override :meth:`signals_read` when it depends on the config
+    reads: tuple[Signal, ...] = ()
     #: families the reducer works on; ``None`` for all (checked at patch time)
     families: tuple[str, ...] | None = None
     #: what to use instead, said when a family is refused
@@ -54,6 +58,10 @@ class Reducer:
     def budget(self, view: View) -> int:
         """Patch tokens to keep in ``view`` under ``config.keep``."""
         return keep_count(self.config.keep, view.n_patches)
+
+    def signals_read(self) -> frozenset[Signal]:
+        """The signals this reducer, with its current config, reads from the adapter."""
+        return frozenset(self.reads) | frozenset(self.vision_signals)
 
     @classmethod
     def has_pre_llm_stage(cls) -> bool:

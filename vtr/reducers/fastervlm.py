@@ -22,7 +22,8 @@ import torch
 
 from vtr.reducers.base import Reducer
 from vtr.registry import register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.ops.selection import keep_topk_in_order
+from vtr.signals import Signal
 from vtr.visual import VisualTokens
 
 
@@ -30,6 +31,8 @@ from vtr.visual import VisualTokens
 class FasterVLM(Reducer):
     """[CLS]→patch attention at the feature layer (post-softmax, head mean), top-k in original order."""
 
+    reads = (Signal.CLS_ATTENTION,)
+
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
-        scores = visual.signal("cls_attention")
+        scores = visual.signal(Signal.CLS_ATTENTION)
         return [keep_topk_in_order(s, self.budget(v)) for s, v in zip(scores, visual.views)]

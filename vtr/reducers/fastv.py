@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_count, keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_count, keep_topk_in_order
 
 
 @dataclass

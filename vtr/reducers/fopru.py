@@ -39,10 +39,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.grid import keep_rows, rows_for_budget
+from vtr.ops.grid import keep_rows, rows_for_budget
 from vtr.reducers.base import Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_topk_in_order
+from vtr.signals import Signal
 from vtr.visual import VisualTokens
 
 STRATEGIES = ("rank", "row")
@@ -77,10 +79,14 @@ class FoPru(Reducer):
 
     config_class = FoPruConfig
 
+    def signals_read(self) -> frozenset[Signal]:
+        logits = self.config.attention == "logits"
+        return frozenset({Signal.PATCH_ATTENTION_LOGIT_MEANS if logits else Signal.PATCH_ATTENTION_PROB_MEANS})
+
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
-        kind = "logit" if self.config.attention == "logits" else "prob"
+        (signal,) = self.signals_read()
         plans = []
-        for means, view in zip(visual.signal(f"patch_attention_{kind}_means"), visual.views):
+        for means, view in zip(visual.signal(signal), visual.views):
             scores = significance(means)
             if self.config.strategy == "rank":
                 plans.append(keep_topk_in_order(scores, self.budget(view)))

@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from vtr.reducers.base import MergedView, Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_topk_in_order
+from vtr.signals import Signal
 from vtr.visual import VisualTokens
 
 ORDERS = ("spatial", "score")
@@ -103,19 +105,20 @@ class GlobalCom2(Reducer):
     config_class = GlobalCom2Config
     families = ("llava_next",)
     family_hint = "globalcom2 needs AnyRes views (a thumbnail and crops); use 'fastervlm' for other models"
-    vision_signals = ("cls_logits_layers",)  # the last layer's [CLS] row is recorded only for reducers that ask
+    vision_signals = (Signal.CLS_LOGITS_LAYERS,)  # the last layer's [CLS] row is recorded only for reducers that ask
+    reads = (Signal.ANYRES_LAYOUT,)
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor | MergedView]:
-        if "anyres_layout" not in visual.signals.available:
+        if Signal.ANYRES_LAYOUT.value not in visual.signals.available:
             raise ValueError(
                 f"globalcom2 compresses LLaVA-NeXT's AnyRes input (a thumbnail plus high-resolution crops); "
                 f"{visual.signals.family!r} models have no AnyRes views. Use 'fastervlm' instead (top [CLS] "
                 "attention per view)"
             )
-        layout = [t.tolist() for t in visual.signal("anyres_layout")]
+        layout = [t.tolist() for t in visual.signal(Signal.ANYRES_LAYOUT)]
         if self.config.keep >= 1.0:
             return [torch.arange(v.n_patches) for v in visual.views]
-        scores = [rows[-1] for rows in visual.signal("cls_logits_layers")]  # the last layer, (n_patches,)
+        scores = [rows[-1] for rows in visual.signal(Signal.CLS_LOGITS_LAYERS)]  # the last layer, (n_patches,)
         plans: list = [None] * len(visual.views)
         for image in sorted({entry[0] for entry in layout}):
             views = [v for v, entry in enumerate(layout) if entry[0] == image]

@@ -9,7 +9,7 @@ Per view with a ``(h, w)`` patch grid and a budget of ``k`` patches (``keep``):
 
 1. Output grid ``(h', w')``: ``h' ≈ h·√(k/(h·w))`` (rounded down or up, whichever leaves more cells,
    then the closer aspect ratio) and ``w' = ⌊k/h'⌋``, so ``h'·w' <= k`` and the aspect ratio is kept up
-   to rounding (:func:`vtr.grid.pooled_shape`).
+   to rounding (:func:`vtr.ops.grid.pooled_shape`).
 2. Each output cell is the mean of the *projected* features (what the LLM sees) over a uniform
    cell of the grid, the cells of adaptive average pooling (``⌊i·h/h'⌋`` to ``⌈(i+1)·h/h'⌉``; they
    overlap by one patch where ``h'`` does not divide ``h``); equal to ``avg_pool2d`` where it divides.
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vtr.grid import cell_anchors, pooled_shape
+from vtr.ops.grid import cell_anchors, pooled_shape
 from vtr.reducers.base import MergedView, Reducer
-from vtr.registry import ReducerConfig, register_reducer
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
 from vtr.visual import VisualTokens
 
 ANCHORS = ("center", "top_left")

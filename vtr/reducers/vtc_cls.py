@@ -33,11 +33,13 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_topk_in_order
+from vtr.signals import Signal
 from vtr.visual import VisualTokens
 
-SIGNAL = "cls_attention_layers"
+SIGNAL = Signal.CLS_ATTENTION_LAYERS
 
 
 def check_layer(value, name: str) -> None:

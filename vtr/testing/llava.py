@@ -6,13 +6,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from vtr.media.images import CLIP_MEAN, CLIP_STD
 from vtr.testing.media import chat_prompt, random_image, row_prompt
 from vtr.testing.configs import tiny_clip_settings, tiny_text_settings
 from vtr.testing.tokenizer import build_tokenizer
 
 KINDS = ("image",)
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def build(seed: int, overrides: dict[str, Any]):

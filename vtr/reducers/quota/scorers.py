@@ -7,7 +7,7 @@
 - ``"clip"`` (:class:`ClipScorer`): cosine similarity of an ``open_clip``-style model's image and text
   embeddings, clamped at 0.
 - any callable ``(frames, query) -> scores`` with ``frames`` a ``(T, H, W, 3)`` uint8 array (RGB,
-  what :func:`vtr.io.load_video` returns) and ``query`` the question (or, with query decoupling
+  what :func:`vtr.media.load_video` returns) and ``query`` the question (or, with query decoupling
   on, the list of object names); ``scores`` ``T`` finite numbers ``≥ 0``.
 """
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vtr.quota.llm import option_probability
-from vtr.quota.prompts import PromptParts, media_prompt
+from vtr.media.images import CLIP_MEAN, CLIP_STD
+from vtr.reducers.quota.llm import option_probability
+from vtr.reducers.quota.prompts import PromptParts, media_prompt
 
 OBJECTS_PROMPT = "Does the image contain any object of {objects}? A. yes B. no\nAnswer with the option's letter directly."
 QUESTION_PROMPT = ("{question}\nDoes the image contain sufficient information to answer the given question? "
                    "A. yes B. no\nAnswer with the option's letter directly.")
 #: the normalisation of CLIP-family processors (Video-LLaVA's and Qwen2-VL's), used when no processor says otherwise
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def scoring_text(question: str, objects: list[str]) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.synthetic.questions import QUESTION_TYPES, candidates, pick_exists
-from benchmarks.synthetic.scenes import Scene, make_scene
+from vtr.shapes.questions import QUESTION_TYPES, candidates, pick_exists
+from vtr.shapes.scenes import Scene, make_scene
 
 TEST_SEED = 20261129
 CALIBRATION_SEED = 20261130

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vtr.decoder_attention import DecoderQKProbe, LayerAttention, causal_allowed
+from vtr.probes.decoder import DecoderQKProbe, LayerAttention, causal_allowed
 
 
 @dataclass
@@ -79,17 +79,18 @@ class DecoderPruning:
     def __init__(self, handle, visual_input: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         self.handle = handle
         self.reducer = handle.spec.reducer_class(handle.config)
-        self.text_model = handle.adapter.language_model
-        self.layers = self.text_model.layers
+        adapter = handle.adapter
+        self.text_model = adapter.language_model
+        self.layers = adapter.decoder_layers()
         n_layers = len(self.layers)
         self.prune_layers = sorted(set(self.reducer.llm_layers(n_layers)))
         if any(not 1 <= k < n_layers for k in self.prune_layers):
             raise ValueError(f"in-LLM prune layers must be in [1, {n_layers - 1}], got {self.prune_layers}")
         self.visual_input = visual_input  # (B, N) placeholders of the LLM input
         self.mask_2d = attention_mask
-        self.eager = getattr(self.text_model.config, "_attn_implementation", "sdpa") == "eager"
+        self.eager = adapter.decoder_attention_implementation() == "eager"
         self.state: _Prefill | None = None
-        self.probes = {k: DecoderQKProbe(self.layers[k - 1].self_attn) for k in self.prune_layers}
+        self.probes = {k: DecoderQKProbe(adapter.decoder_attention(k - 1)) for k in self.prune_layers}
         self._handles: list = []
 
     # -- installation -----------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import random_keep
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import random_keep
 from vtr.visual import VisualTokens
 
 

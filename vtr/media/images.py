@@ -1,8 +1,4 @@
-"""Reading user media with errors that name the file instead of a raw PIL traceback.
-
-Images: :func:`load_image`. Videos: :func:`load_video` and :func:`video_info`, from :mod:`vtr.video`
-(uniform frame sampling; decord by default, PyAV as the fallback).
-"""
+"""Reading user images with errors that name the file instead of a raw PIL traceback."""
 from __future__ import annotations
 
 import os
@@ -10,9 +6,11 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vtr.video import VideoInfo, load_video, video_info
+__all__ = ["load_image", "CLIP_MEAN", "CLIP_STD"]
 
-__all__ = ["load_image", "load_video", "video_info", "VideoInfo"]
+#: OpenAI CLIP's pixel normalisation (per RGB channel), used by every CLIP-tower processor vtr builds
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

@@ -2,7 +2,7 @@
 
 The reference (``process_video_prune`` in MAC-AutoML/QuoTA) samples
 ``T = max_frames_num + int(hours · additional_frames)`` frames, 96 + 64 per hour by default, spread
-evenly over the video (``np.linspace``, what :func:`vtr.io.load_video` does).
+evenly over the video (``np.linspace``, what :func:`vtr.media.load_video` does).
 
 Mind the model's context: Video-LLaVA's LLM has 4,096 positions and 257 tokens per frame, so with
 ``positions="original"`` only ~15 frames fit; the reduction shortens the LLM input, not its position
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from vtr.video import VideoInfo, load_video, video_info
+from vtr.media.video import VideoInfo, load_video, video_info
 
 
 def quota_frame_count(duration_s: float, base: int = 96, per_hour: int = 64, multiple_of: int = 1) -> int:
@@ -41,7 +41,7 @@ def load_video_for_quota(path: str | os.PathLike, base: int = 96, per_hour: int 
 
     Returns ``(frames, info)``: ``(T, H, W, 3)`` uint8 RGB frames in time order, with
     ``T = quota_frame_count(info.duration, base, per_hour, multiple_of)``, and the file's
-    :class:`~vtr.video.VideoInfo`. Same errors as :func:`vtr.io.load_video`.
+    :class:`~vtr.media.video.VideoInfo`. Same errors as :func:`vtr.media.load_video`.
     """
     info = video_info(path, backend=backend)
     count = quota_frame_count(info.duration, base, per_hour, multiple_of)

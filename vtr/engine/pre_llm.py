@@ -9,10 +9,11 @@ import time
 
 import torch
 
-from vtr.flops import prefill_flops
+from vtr.ops.flops import prefill_flops
 from vtr.reducers.base import MergedView
-from vtr.splice import padding_side
+from vtr.engine.splice import padding_side
 from vtr.stats import ReductionStats, ViewRecord
+from vtr.visual import ModelAccess
 
 
 def apply_merge(visual, view_index: int, element) -> torch.Tensor:
@@ -33,12 +34,31 @@ def apply_merge(visual, view_index: int, element) -> torch.Tensor:
     return index
 
 
+def model_access(handle) -> ModelAccess:
+    """What a reducer may use of the model itself: its unpatched forward, its end ids, its path."""
+    model = handle.model
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = () if eos is None else tuple(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return ModelAccess(handle.original_forward, eos, getattr(model, "name_or_path", "") or "")
+
+
 def check_positions(adapter, config) -> None:
     """The family must support the config's position mode (M-RoPE has no contiguous renumbering)."""
     if config.positions not in adapter.position_modes:
         raise ValueError(
             f"positions={config.positions!r} is not supported for {adapter.family!r} models; "
             f"allowed: {', '.join(adapter.position_modes)}"
+        )
+
+
+def check_signals(adapter, reducer) -> None:
+    """The family must compute every signal the reducer (with its current config) reads."""
+    missing = reducer.signals_read() - adapter.provides
+    if missing:
+        raise ValueError(
+            f"reducer {reducer.name!r} reads signal(s) {', '.join(sorted(s.value for s in missing))}, which "
+            f"{adapter.family!r} models do not provide; {adapter.family!r} provides: "
+            f"{', '.join(sorted(s.value for s in adapter.provides)) or 'none'}"
         )
 
 
@@ -69,6 +89,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     adapter.check_inputs(kwargs)
     config.validate()
     check_positions(adapter, config)
+    check_signals(adapter, handle.spec.reducer_class(config))
     stats = ReductionStats(reducer=handle.reducer, description=handle.description)
     handle.stats = stats
     if not handle.spec.reducer_class.has_pre_llm_stage():
@@ -85,11 +106,16 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     reducer = handle.spec.reducer_class(config)  # built per call: config edits apply from the next call
     token_keep = []
     for e in encoded:
+        if e.visual.view_inputs is not None:
+            e.visual.model = model_access(handle)
         plan = [apply_merge(e.visual, v, p) for v, p in enumerate(reducer.plan(e.visual))]
         validate_plan(plan, e.visual, handle.reducer)
         token_keep.append(adapter.segment_keep(e, plan))
         stats.notes += [n for n in e.visual.notes if n not in stats.notes]
         stats.views += [ViewRecord(v.sample, v.grid, p.cpu()) for p, v in zip(plan, e.visual.views)]
+        stats.records.update(e.visual.records)
+        for key, seconds in e.visual.seconds.items():
+            stats.seconds[key] = stats.seconds.get(key, 0.0) + seconds
     stats.seconds["select"] = time.perf_counter() - start
 
     new_kwargs, columns = adapter.splice(kwargs, encoded, token_keep, config.positions, for_generate)

@@ -1,7 +1,6 @@
-"""What QuoTA did in a model's last patched call, per video: ``vtr.quota.assignments(model)``."""
+"""What QuoTA did in a model's last patched call, per video: ``vtr.reducers.quota.assignments(model)``."""
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -32,14 +31,13 @@ class Assignment:
     counts: list[int] = field(default_factory=list)
 
 
-_LAST: "weakref.WeakKeyDictionary[torch.nn.Module, list[Assignment]]" = weakref.WeakKeyDictionary()
-
-
-def record(model, assignments: list[Assignment]) -> None:
-    if model is not None:
-        _LAST[model] = assignments
+#: the key of QuoTA's records in ``model.vtr.stats.records``
+RECORD = "quota"
 
 
 def assignments(model: torch.nn.Module) -> list[Assignment]:
-    """The :class:`Assignment` of each video in ``model``'s last QuoTA call (``[]`` before the first)."""
-    return list(_LAST.get(model, []))
+    """The :class:`Assignment` of each video in ``model``'s last patched call (``[]`` before the first
+    call, after a call that ran no QuoTA, and once the model is unpatched)."""
+    handle = model.__dict__.get("vtr")
+    stats = getattr(handle, "stats", None)
+    return list(stats.records.get(RECORD, [])) if stats is not None else []

@@ -9,8 +9,28 @@ one query chunk or one head at a time so the N×N matrix is never held for all h
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class DecoderAttention:
+    """The parts of one decoder attention module a probe hooks; the adapter finds them, so this
+    module knows no transformers module path.
+
+    Attributes:
+        module: the attention module; its forward gets ``position_embeddings=(cos, sin)`` as a keyword.
+        q_proj, k_proj: the modules whose outputs are ``(B, n, H·d)`` queries and ``(B, n, H_kv·d)`` keys.
+        head_dim: ``d``; ``scaling``: the logit scale (``d ** -0.5`` for the supported families).
+    """
+
+    module: nn.Module
+    q_proj: nn.Module
+    k_proj: nn.Module
+    head_dim: int
+    scaling: float
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +62,7 @@ def causal_allowed(cols_q: torch.Tensor, cols_k: torch.Tensor, key_valid: torch.
 class DecoderQKProbe:
     """Captures q/k (after RoPE) of one decoder attention module during prefill."""
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: DecoderAttention) -> None:
         self.attention = attention
         self.q_raw = self.k_raw = self.cos_sin = None
         self._handles: list = []
@@ -50,7 +70,7 @@ class DecoderQKProbe:
     def __enter__(self) -> "DecoderQKProbe":
         a = self.attention
         self._handles = [
-            a.register_forward_pre_hook(self._record_rope, with_kwargs=True),
+            a.module.register_forward_pre_hook(self._record_rope, with_kwargs=True),
             a.q_proj.register_forward_hook(lambda m, i, o: setattr(self, "q_raw", o)),
             a.k_proj.register_forward_hook(lambda m, i, o: setattr(self, "k_raw", o)),
         ]

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from vtr.quota.cot import decouple_prompt, parse_objects
-from vtr.quota.llm import greedy_text, original_forward
-from vtr.quota.prompts import PromptParts, split_prompt, text_prompt
-from vtr.quota.scorers import CLIP_MEAN, CLIP_STD, ClipScorer, check_scores, frames_uint8, scoring_text, self_scores
+from vtr.reducers.quota.cot import decouple_prompt, parse_objects
+from vtr.reducers.quota.llm import greedy_text
+from vtr.reducers.quota.prompts import PromptParts, split_prompt, text_prompt
+from vtr.media.images import CLIP_MEAN, CLIP_STD
+from vtr.reducers.quota.scorers import ClipScorer, check_scores, frames_uint8, scoring_text, self_scores
 
 
 @functools.lru_cache(maxsize=4)
@@ -55,7 +56,7 @@ class QueryContext:
         return self._processor
 
     def _load_processor(self) -> Any:
-        path = getattr(self.visual.model, "name_or_path", "") or ""
+        path = self.visual.model.name_or_path if self.visual.model is not None else ""
         reason = "the model has no name_or_path to load it from"
         if path:
             try:
@@ -116,8 +117,8 @@ class QueryContext:
             tokenizer = self.tokenizer
             ids = text_prompt(self.parts(sample, token_id), decouple_prompt(question), tokenizer)
             stop = {i for i in (tokenizer.eos_token_id, getattr(tokenizer, "pad_token_id", None)) if i is not None}
-            stop |= set(_as_list(getattr(getattr(self.visual.model, "generation_config", None), "eos_token_id", None)))
-            new = greedy_text(original_forward(self.visual.model), ids, self.config.decouple_tokens, stop)
+            stop |= set(self.visual.model.eos_token_ids)
+            new = greedy_text(self.visual.model.forward, ids, self.config.decouple_tokens, stop)
             self._objects[question] = parse_objects(tokenizer.decode(new, skip_special_tokens=True))
             self.seconds["quota_decouple"] += time.perf_counter() - start
         return self._objects[question]
@@ -132,7 +133,7 @@ class QueryContext:
         scorer = self.config.scorer
         if scorer == "self":
             self.require("model", "view_inputs", "prompt_ids", why="scorer='self'")
-            scores = self_scores(original_forward(self.visual.model), self.visual, views,
+            scores = self_scores(self.visual.model.forward, self.visual, views,
                                  self.parts(first.sample, first.token_id), scoring_text(question, objects),
                                  self.tokenizer, self.config.score_batch)
         else:
@@ -148,14 +149,7 @@ class QueryContext:
         return question, objects, check_scores(scores, len(views))
 
     def report_seconds(self) -> None:
-        """Add the decoupling and scoring times to the patched model's ``stats.seconds``."""
-        stats = getattr(getattr(self.visual.model, "vtr", None), "stats", None)
-        if stats is not None:
-            for key, value in self.seconds.items():
-                stats.seconds[key] = stats.seconds.get(key, 0.0) + value
+        """Hand the decoupling and scoring times to the engine (they land in ``model.vtr.stats.seconds``)."""
+        for key, value in self.seconds.items():
+            self.visual.seconds[key] = self.visual.seconds.get(key, 0.0) + value
 
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]

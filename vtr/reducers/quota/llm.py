@@ -2,20 +2,14 @@
 
 A reducer's ``plan`` runs inside the patched ``forward``/``generate``. Calling ``model(...)`` or
 ``model.generate(...)`` from there would enter the vtr wrappers again (a second reduction, and the
-handle's ``stats`` of the outer call replaced). Instead we call ``model.vtr.original_forward``: the
-model's forward as it was before patching (accelerate hooks and all). Text generation is a short
-greedy loop over that forward with a KV cache, not ``generate`` (which calls the wrapped forward).
+handle's ``stats`` of the outer call replaced). Instead these functions take
+``visual.model.forward`` (:class:`~vtr.visual.ModelAccess`): the model's forward as it was before
+patching (accelerate hooks and all). Text generation is a short greedy loop over that forward with a
+KV cache, not ``generate`` (which calls the wrapped forward).
 """
 from __future__ import annotations
 
 import torch
-
-
-def original_forward(model: torch.nn.Module):
-    """The model's forward as it was before ``vtr.patch`` (its plain forward when it is not patched)."""
-    from vtr.api import is_patched
-
-    return model.vtr.original_forward if is_patched(model) else model.forward
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ import contextlib
 
 import torch
 
-from vtr.decoder_pruning import DecoderPruning
-from vtr.flops import prefill_flops
+from vtr.engine.decoder_pruning import DecoderPruning
+from vtr.ops.flops import prefill_flops
 
 
 def llm_stage(handle, call: dict):

@@ -1,4 +1,4 @@
-"""Questions with single-word answers about a :class:`~benchmarks.synthetic.scenes.Scene`.
+"""Questions with single-word answers about a :class:`~vtr.shapes.scenes.Scene`.
 
 Five types, each a template over the scene description:
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.synthetic.scenes import COLOURS, SHAPES, Scene
+from vtr.shapes.scenes import COLOURS, SHAPES, Scene
 
 QUESTION_TYPES = ("colour_of_shape", "shape_of_colour", "exists", "count", "relpos")
 DIRECTIONS = ("left", "right", "above", "below")

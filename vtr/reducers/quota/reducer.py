@@ -6,16 +6,16 @@ Luo et al., arXiv 2503.08689, AAAI 2026 (code: MAC-AutoML/QuoTA).
 Algorithm (per video, before the LLM):
 
 1. *Query decoupling* (on by default with ``scorer="self"``): one text-only greedy generation of the
-   model turns the question into the physical objects to look for (:mod:`vtr.quota.cot`); an
+   model turns the question into the physical objects to look for (:mod:`vtr.reducers.quota.cot`); an
    unreadable answer falls back to the question.
 2. *Frame scoring*: each frame gets ``p ≥ 0``. Default (``scorer="self"``): the patched model is asked
    of each frame "Does the image contain any object of {objects}? A. yes B. no" (or whether the frame
    holds enough information to answer the question) and ``p = P("A")`` from one forward pass per
-   batch of frames. ``scorer="clip"``: CLIP similarity; or any callable (:mod:`vtr.quota.scorers`).
+   batch of frames. ``scorer="clip"``: CLIP similarity; or any callable (:mod:`vtr.reducers.quota.scorers`).
 3. *Weights* ``w = (weight_scale · p) ** weight_exponent``, normalised (defaults 100 and 2).
 4. *Assignment*: the budget (``keep`` applied to each frame's patches, summed over the video: the
    same total as a uniform per-frame reducer at that ``keep``) is split in proportion to ``w``
-   (:mod:`vtr.quota.budget`), and each frame is reduced to its share by bilinear resampling of its
+   (:mod:`vtr.reducers.quota.budget`), and each frame is reduced to its share by bilinear resampling of its
    token grid (``frame_reduction="bilinear"``, the reference's default) or by a top-k of its
    [CLS] attention (``"cls_attention"``). Frames stay in time order.
 
@@ -25,7 +25,7 @@ The question is read from the prompt (the text after the video placeholders), so
 the answer (training with ``labels``), where the text after the video is more than the question.
 The question, the scoring and decoupling prompts need the model's tokenizer: ``processor=`` (the
 model's processor or tokenizer), else ``AutoProcessor.from_pretrained(model.name_or_path,
-local_files_only=True)``. What happened to each video: :func:`vtr.quota.assignments`;
+local_files_only=True)``. What happened to each video: :func:`vtr.reducers.quota.assignments`;
 decoupling/scoring wall time: ``stats.seconds["quota_decouple"]`` and ``["quota_score"]`` (both
 also inside ``stats.seconds["select"]``).
 
@@ -61,13 +61,15 @@ from typing import Any
 
 import torch
 
-from vtr.quota.budget import allocate, frame_weights, resample_grid
-from vtr.quota.context import QueryContext
-from vtr.quota.records import Assignment, record
-from vtr.quota.scorers import ClipScorer
+from vtr.reducers.quota.budget import allocate, frame_weights, resample_grid
+from vtr.reducers.quota.context import QueryContext
+from vtr.reducers.quota.records import RECORD, Assignment
+from vtr.reducers.quota.scorers import ClipScorer
 from vtr.reducers.base import MergedView, Reducer
-from vtr.registry import ReducerConfig, register_reducer
-from vtr.select import keep_topk_in_order
+from vtr.config import ReducerConfig
+from vtr.registry import register_reducer
+from vtr.ops.selection import keep_topk_in_order
+from vtr.signals import Signal
 from vtr.visual import View, VisualTokens
 
 SCORERS = ("self", "clip")
@@ -151,6 +153,9 @@ class QuoTA(Reducer):
     family_hint = "QuoTA assigns a video's budget across frames; use 'fastervlm' for image-only models"
     config_class = QuotaConfig
 
+    def signals_read(self) -> frozenset[Signal]:
+        return frozenset({Signal.CLS_ATTENTION}) if self.config.frame_reduction == "cls_attention" else frozenset()
+
     def plan(self, visual: VisualTokens) -> list[torch.Tensor | MergedView]:
         if visual.modality != "video":
             raise ValueError(
@@ -175,7 +180,7 @@ class QuoTA(Reducer):
             assignments.append(Assignment(first.sample, first.item, question, objects, scores, weights,
                                           min(budget, sum(caps)), list(counts)))
         context.report_seconds()
-        record(visual.model, assignments)
+        visual.records[RECORD] = assignments
         return plans
 
     def reduce_view(self, visual: VisualTokens, v: int, n: int) -> torch.Tensor | MergedView:
@@ -184,6 +189,6 @@ class QuoTA(Reducer):
         if n >= view.n_patches:
             return torch.arange(view.n_patches, device=features.device)
         if self.config.frame_reduction == "cls_attention":
-            return keep_topk_in_order(visual.signal("cls_attention")[v], n)
+            return keep_topk_in_order(visual.signal(Signal.CLS_ATTENTION)[v], n)
         slots, resampled = resample_grid(features[view.n_prefix:], view.grid, n)
         return MergedView(slots, resampled)

@@ -1,6 +1,6 @@
 """From frame scores to per-frame token counts, and from a count to a frame's reduced tokens.
 
-QuoTA's assignment, step by step (``QuoTA`` reducer, :mod:`vtr.reducers.quota`):
+QuoTA's assignment, step by step (``QuoTA`` reducer, :mod:`vtr.reducers.quota.reducer`):
 
 1. weights ``w_i = (scale · p_i) ** exponent``, normalised to sum 1 (:func:`frame_weights`);
 2. counts ``n_i`` with ``Σ n_i = budget`` exactly, ``min_i ≤ n_i ≤ cap_i`` and ``n_i`` as close to
