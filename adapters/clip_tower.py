@@ -68,7 +68,7 @@ class TowerProbes:
 
 #: what every CLIP-tower family serves (see :func:`tower_signals`)
 TOWER_SIGNALS = frozenset({Signal.CLS_ATTENTION, Signal.PATCH_ATTENTION_LOGIT_MEANS, Signal.PATCH_ATTENTION_PROB_MEANS,
-                           *LAYER_SIGNALS})
+                           *LAYER_SIGNALS, Signal.PROMPT_EMBEDDINGS})
 
 
 def tower_signals(probes: TowerProbes, per_view) -> dict:
@@ -106,8 +106,9 @@ class ClipTowerAdapter(Adapter):
         attention = layers[feature_layer_index(feature_layer, len(layers))].self_attn
         if all_layers is None:
             all_layers = bool(LAYER_SIGNALS & self.requested_signals)
-        rows = ClsRowsProbe([layer.self_attn for layer in layers], attention.num_heads, attention.scale)
-        with QKProbe(attention, attention.num_heads, attention.scale) as probe:
+        rows = ClsRowsProbe([(layer.self_attn.q_proj, layer.self_attn.k_proj) for layer in layers],
+                            attention.num_heads, attention.scale)
+        with QKProbe(attention.q_proj, attention.k_proj, attention.num_heads, attention.scale) as probe:
             with rows if all_layers else contextlib.nullcontext():
                 outputs = encode_fn(return_dict=True, **encode_kwargs)
         return outputs, TowerProbes(probe, rows if all_layers else None)

@@ -48,7 +48,8 @@ def cls_attention(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float
 
 
 class QKProbe:
-    """Captures the q/k projections of one attention module while it is registered.
+    """Captures the outputs of one attention layer's query and key projections while registered
+    (the adapter hands over the two projection modules: module paths are its business).
 
     Holding references costs nothing: the tensors exist anyway during the forward pass. Use it as
     a context manager so the hooks are always removed (an unpatched model has no vtr hooks).
@@ -56,16 +57,17 @@ class QKProbe:
     Attributes after a forward pass: ``q``, ``k`` of shape ``(B, N, H*d)``.
     """
 
-    def __init__(self, attention: nn.Module, num_heads: int, scale: float) -> None:
-        self.attention, self.num_heads, self.scale = attention, num_heads, scale
+    def __init__(self, q_proj: nn.Module, k_proj: nn.Module, num_heads: int, scale: float) -> None:
+        self.projections, self.num_heads, self.scale = (q_proj, k_proj), num_heads, scale
         self.q: torch.Tensor | None = None
         self.k: torch.Tensor | None = None
         self._handles: list = []
 
     def __enter__(self) -> "QKProbe":
+        q_proj, k_proj = self.projections
         self._handles = [
-            self.attention.q_proj.register_forward_hook(lambda m, i, o: setattr(self, "q", o)),
-            self.attention.k_proj.register_forward_hook(lambda m, i, o: setattr(self, "k", o)),
+            q_proj.register_forward_hook(lambda m, i, o: setattr(self, "q", o)),
+            k_proj.register_forward_hook(lambda m, i, o: setattr(self, "k", o)),
         ]
         return self
 
@@ -141,15 +143,18 @@ class ClsRowsProbe:
     both projections of that layer have run, so probing every layer of a tower holds only
     ``2 · L`` vectors of ``N - 1`` floats per image.
 
-    Attributes after a forward pass: ``probs`` and ``logits``, lists (one per module, in the given
+    Attributes after a forward pass: ``probs`` and ``logits``, lists (one per layer, in the given
     order) of ``(B, N-1)`` float32 head-mean rows (see :func:`cls_rows`).
+
+    Args:
+        projections: per layer, its ``(q_proj, k_proj)`` modules (found by the adapter).
     """
 
-    def __init__(self, attentions: list[nn.Module], num_heads: int, scale: float) -> None:
-        self.attentions, self.num_heads, self.scale = list(attentions), num_heads, scale
-        self.probs: list[torch.Tensor | None] = [None] * len(self.attentions)
-        self.logits: list[torch.Tensor | None] = [None] * len(self.attentions)
-        self._pending: list[dict] = [{} for _ in self.attentions]
+    def __init__(self, projections: list[tuple[nn.Module, nn.Module]], num_heads: int, scale: float) -> None:
+        self.projections, self.num_heads, self.scale = list(projections), num_heads, scale
+        self.probs: list[torch.Tensor | None] = [None] * len(self.projections)
+        self.logits: list[torch.Tensor | None] = [None] * len(self.projections)
+        self._pending: list[dict] = [{} for _ in self.projections]
         self._handles: list = []
 
     def _record(self, index: int, name: str, output: torch.Tensor) -> None:
@@ -161,17 +166,17 @@ class ClsRowsProbe:
             pending.clear()
 
     def __enter__(self) -> "ClsRowsProbe":
-        for index, attention in enumerate(self.attentions):
-            for name in ("q", "k"):
+        for index, pair in enumerate(self.projections):
+            for name, module in zip(("q", "k"), pair):
                 hook = lambda m, i, o, index=index, name=name: self._record(index, name, o)  # noqa: E731
-                self._handles.append(getattr(attention, f"{name}_proj").register_forward_hook(hook))
+                self._handles.append(module.register_forward_hook(hook))
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._pending = [{} for _ in self.attentions]
+        self._pending = [{} for _ in self.projections]
 
     def captured(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(probs, logits)``, each ``(B, L, N-1)`` over the probed layers."""
