@@ -33,3 +33,19 @@ def test_demo_default_uses_the_trained_checkpoint(tmp_path, capsys):
     unpatched = next(line for line in out.splitlines() if line.startswith("unpatched"))
     assert unpatched.count("|") >= 3 and "✓" in unpatched  # several questions, answered and marked
     check_overlays(tmp_path, 384)  # 96 px input shown at 4×
+
+
+def test_vtr_demo_command_passes_the_demo_options_through(tmp_path, capsys):
+    from vtr.cli import main
+
+    assert main(["demo", "--random", "--out", str(tmp_path)]) == 0
+    assert "RANDOM weights" in capsys.readouterr().out
+    check_overlays(tmp_path, 672)
+
+
+def test_vtr_demo_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
+    from vtr.cli import main
+
+    assert main(["demo", "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model" in err[0] and "nowhere" in err[0]

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vtr`` script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo parses its own options (argparse subparsers cannot pass --out through)
+        return run_demo(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -100,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def cmd_demo(args) -> int:
+def run_demo(demo_argv: list[str]) -> int:
     from vtr import demo
 
     try:
-        return demo.main(args.demo_args)
+        return demo.main(demo_argv)
     except SystemExit as done:  # argparse inside the demo: --help, or one usage line on stderr
         return int(done.code or 0)
+
+
+def cmd_demo(args) -> int:
+    return run_demo(args.demo_args)
 
 
 def cmd_reducers(args) -> int:
