@@ -4,6 +4,7 @@
     vtr demo [--out DIR] [--random]                   # the README's main job (python -m vtr.demo)
     vtr run --model ./llava-1.5-7b-hf --image photo.jpg --prompt "What is shown?" --keep 0.1 --overlay kept.png
     vtr run --model tiny:llava --image photo.jpg --prompt "What is shown?"   # built-in tiny random model
+    vtr eval --task vqav2 --data DIR --model PATH --reducers fastervlm --keeps 1.0 0.1   # benchmarks (vtr.eval)
 
 Nothing is downloaded: ``--model`` is a local folder (or a model already in the local Hugging Face
 cache), loaded with ``local_files_only=True``. Bad input prints one line naming the argument on
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments of python -m vtr.demo (see --help)")
     demo.set_defaults(func=cmd_demo)
 
+    from vtr.eval.command import DESCRIPTION, add_arguments
+
+    evaluate = commands.add_parser("eval", help="score reducers on a VQA benchmark's files (same as python -m benchmarks.vqa)",
+                                   description=DESCRIPTION)
+    add_arguments(evaluate).set_defaults(func=cmd_eval)
+
     run = commands.add_parser("run", help="answer a prompt about an image with a patched model")
     run.add_argument("--model", required=True, metavar="PATH_OR_ID",
                      help="local model folder (or a model in the local HF cache), or tiny:llava for the built-in tiny random model")
@@ -114,6 +121,12 @@ def run_demo(demo_argv: list[str]) -> int:
 
 def cmd_demo(args) -> int:
     return run_demo(args.demo_args)
+
+
+def cmd_eval(args) -> int:
+    from vtr.eval.command import run
+
+    return run(args, prog="vtr eval")
 
 
 def cmd_reducers(args) -> int:

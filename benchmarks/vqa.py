@@ -1,0 +1,68 @@
+"""VQA benchmarks: ``python -m benchmarks.vqa`` is ``vtr eval`` (the code lives in :mod:`vtr.eval`).
+
+    python -m benchmarks.vqa --task vqav2 --data DIR --model PATH --reducers fastervlm --keeps 1.0 0.1 --out OUT
+    accelerate launch --num_processes 2 -m benchmarks.vqa …     (on a CPU-only machine add --multi_gpu, see README)
+
+``--record`` (this script only) also writes the ``vqa-<task>`` section of ``BENCHMARKS.md`` and
+``benchmarks/results/vqa_<task>.json`` from the run's ``summary.json``, with the machine it ran on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from vtr.eval.command import build_parser, main as eval_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(argv: list[str], seconds: float) -> None:
+    from benchmarks.report import machine_info, replace_section, write_json
+
+    args = build_parser("python -m benchmarks.vqa").parse_args(argv)
+    summary = json.loads((args.out / args.task / "summary.json").read_text(encoding="utf-8"))
+    info = machine_info(wall_seconds=round(seconds, 1))
+    write_json(ROOT / "benchmarks" / "results" / f"vqa_{args.task}.json", {"command": argv, "machine": info, **summary})
+    replace_section(ROOT / "BENCHMARKS.md", f"vqa-{args.task}", section(argv, summary, info, args.out / args.task))
+
+
+def section(argv: list[str], summary: dict, info: dict, folder: Path) -> str:
+    table = (folder / "summary.md").read_text(encoding="utf-8").split("\n", 2)[2]  # drop the "### task" title
+    runs = summary["runs"]
+    n = runs[0]["n"] if runs else 0
+    lines = [
+        f"## VQA harness: `{summary['task']}` (`python -m benchmarks.vqa`)",
+        "",
+        f"`python -m benchmarks.vqa {' '.join(argv)}` — the harness users point at VQAv2, GQA, TextVQA, POPE, "
+        f"MME or ScienceQA files, here on the procedural `{summary['task']}` task with the shipped model "
+        f"(`vtr.shapes.CHECKPOINT`, 144 visual tokens), n = {n} questions per run, greedy `generate`. "
+        "Retention = accuracy / unpruned accuracy; visual tokens = entering the LLM and the mean over decoder "
+        "layers; FLOPs ratio = analytic LLM prefill FLOPs from `model.vtr.stats` token counts "
+        "(`vtr/ops/flops.py`), reduced / unreduced.",
+        "",
+        f"Measured {info.get('date', '')} on {info.get('cpu', '?')}, {info.get('torch_threads', '?')} threads, "
+        f"torch {info.get('torch')}, transformers {info.get('transformers')}, {summary['processes']} process(es), "
+        f"wall {info.get('wall_seconds')} s for the whole command.",
+        "",
+        table.strip(),
+        "",
+        f"Raw numbers: `benchmarks/results/vqa_{summary['task']}.json`.",
+    ]
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> int:
+    import time
+
+    recording = "--record" in argv
+    argv = [a for a in argv if a != "--record"]
+    start = time.perf_counter()
+    status = eval_main(argv, prog="python -m benchmarks.vqa")
+    if status == 0 and recording:
+        record(argv, time.perf_counter() - start)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
