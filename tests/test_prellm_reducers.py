@@ -16,6 +16,7 @@ CASES = [
     ("fopru", {}, "llava", "image"),
     ("fopru", {"strategy": "row"}, "llava_next", "image"),
     ("fopru", {"attention": "probs", "strategy": "row"}, "qwen2_vl", "image"),
+    ("fopru", {}, "qwen2_5_vl", "video"),
     ("vtc_cls", {"start_layer": 1}, "llava", "image"),
     ("vtc_cls", {}, "video_llava", "video"),
     ("globalcom2", {}, "llava_next", "image"),
@@ -23,10 +24,11 @@ CASES = [
     ("pool", {}, "llava", "image"),
     ("pool", {"anchor": "top_left"}, "llava_next", "image"),
     ("pool", {}, "qwen2_vl", "video"),
+    ("pool", {}, "qwen2_5_vl", "image"),
     ("pool", {}, "video_llava", "video"),
 ]
 IDS = [f"{r}-{f}-{k}" + "".join(f"-{v}" for v in o.values()) for r, o, f, k in CASES]
-KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "video_llava": 0.1}
+KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "qwen2_5_vl": 0.25, "video_llava": 0.1}
 
 
 @functools.cache
@@ -96,7 +98,7 @@ def test_cached_generate_equals_no_cache_recompute(reducer, options, family, kin
         new = seq[:, prompt_len:-1]
         recompute = {**inputs, "input_ids": seq[:, :-1],
                      "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(new)], 1)}
-        if family == "qwen2_vl":  # the patched forward computes M-RoPE positions itself
+        if family in ("qwen2_vl", "qwen2_5_vl"):  # the patched forward computes M-RoPE positions itself
             recompute["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], 1)
         else:  # generate numbers from the mask; give the no-cache pass the same numbering
             recompute["position_ids"] = (recompute["attention_mask"].cumsum(-1) - 1).clamp(min=0)

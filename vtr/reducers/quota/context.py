@@ -76,7 +76,7 @@ class QueryContext:
         missing = [f for f in fields if getattr(self.visual, f) is None]
         if missing:
             raise ValueError(f"{why} needs what the {self.visual.signals.family!r} adapter does not provide "
-                             f"({', '.join(missing)}); QuoTA supports video_llava and qwen2_vl")
+                             f"({', '.join(missing)}); QuoTA supports video_llava, qwen2_vl and qwen2_5_vl")
 
     # -- question and objects -------------------------------------------------------------------
     def parts(self, sample: int, token_id: int) -> PromptParts:

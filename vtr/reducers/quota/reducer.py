@@ -149,7 +149,7 @@ def video_views(views: list[View]) -> list[list[int]]:
 class QuoTA(Reducer):
     """QuoTA: frames scored against the question (by the model itself) share the video's token budget by weight."""
 
-    families = ("video_llava", "qwen2_vl")
+    families = ("video_llava", "qwen2_vl", "qwen2_5_vl")
     family_hint = "QuoTA assigns a video's budget across frames; use 'fastervlm' for image-only models"
     config_class = QuotaConfig
 
