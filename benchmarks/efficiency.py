@@ -18,6 +18,9 @@ An untimed check first runs each keep once: (d)'s kept indices must equal (b)'s 
 calls during which other processes competed for the CPU are discarded and made up for (see
 :func:`benchmarks.report.time_rounds`). Writes ``benchmarks/results/efficiency.json`` and the
 ``efficiency`` section of ``BENCHMARKS.md``.
+
+From Python, :func:`measure` runs the same benchmark and returns the result without writing anything
+(``notebooks/measure_on_your_hardware.ipynb`` plots it).
 """
 from __future__ import annotations
 
@@ -330,12 +333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parse_timing_args(p, argv, TIMING)
 
 
-def main(argv: list[str] | None = None, log=print) -> dict:
-    """Run the benchmark; writes the JSON and the markdown section and returns the result dict."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace, config: dict, argv: list[str] | None = None, log=print) -> dict:
+    """Build the model of ``config`` (``FULL``, ``QUICK`` or the same keys), check and time every variant
+    with the options in ``args``; returns the result dict (nothing is written)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = QUICK if args.quick else FULL
     keeps = tuple(sorted(set(args.keeps), reverse=True))
     with torch.no_grad():
         b = build(config, args.seed)
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
             pixel_values=b.inputs["pixel_values"], return_dict=True)))
         timing = time_rounds(vs, args.warmup, args.repeats, args.max_foreign, args.max_seconds, log)
     dtype, attention = str(b.model.dtype).removeprefix("torch."), b.model.config._attn_implementation
-    result = dict(
+    return dict(
         benchmark=SECTION,
         command=command_line("benchmarks.efficiency", argv),
         machine=machine_info(dtype=dtype, attention=attention),
@@ -359,8 +361,41 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         checks={str(k): v for k, v in per_keep.items()},
         summary=summarise(vs, timing, args.max_foreign, per_keep, unpatched),
     )
-    return publish(args, SECTION, result, markdown, log)
 
+
+def measure(keeps=KEEPS, *, quick: bool = False, config: dict | None = None, warmup: int | None = None,
+            repeats: int | None = None, max_foreign: float | None = None, max_seconds: float | None = None,
+            threads: int | None = None, seed: int = 0, log=None) -> dict:
+    """The benchmark as a function call, on this machine: returns the result dict and writes nothing.
+
+    Options are the command line's (``None``: its default, the ``--quick`` one when ``quick``);
+    ``config`` replaces the model (``FULL`` / ``QUICK`` dicts of ``vision`` and ``text`` settings; its
+    vision tower must keep LLaVA-1.5's layout: a negative feature layer, the "default" strategy).
+    ``result["summary"]["rows"]`` holds one row per variant (``variant``, ``keep``, ``min_s``,
+    ``median_s``, ``visual_tokens``, ``flops_ratio``, ...), ``result["summary"]["ratios"]`` the paired
+    ratios per keep, ``result["checks"]`` the equality checks. ``markdown(result)`` renders it as the
+    BENCHMARKS.md section. ``log`` gets progress lines (default: none).
+    """
+    keeps = tuple(keeps)
+    if not keeps or not all(isinstance(k, (int, float)) and not isinstance(k, bool) and 0 < k <= 1 for k in keeps):
+        raise ValueError(f"keeps must be ratios in (0, 1], got {keeps!r}")
+    for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1), ("threads", threads, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    argv = ["--keeps", *map(str, keeps)] + ["--quick"] * quick
+    for flag, value in (("--warmup", warmup), ("--repeats", repeats), ("--max-foreign", max_foreign),
+                        ("--max-seconds", max_seconds), ("--threads", threads), ("--seed", seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    args = parse_args(argv)
+    return run(args, config or (QUICK if quick else FULL), argv, log or (lambda *_: None))
+
+
+def main(argv: list[str] | None = None, log=print) -> dict:
+    """Run the benchmark; writes the JSON and the markdown section and returns the result dict."""
+    args = parse_args(argv)
+    result = run(args, QUICK if args.quick else FULL, argv, log)
+    return publish(args, SECTION, result, markdown, log)
 
 if __name__ == "__main__":
     main()

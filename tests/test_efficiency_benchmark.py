@@ -100,3 +100,20 @@ def test_time_rounds_gates_and_respects_budget():
     dirty = time_rounds(calls, warmup=0, repeats=2, max_foreign=-1.0, budget_s=0.3, log=lambda *_: None)
     assert dirty["budget_hit"] and dirty["rounds"] >= 2
     assert all(f is None or f >= 0 for fs in dirty["foreign"] for f in fs)
+
+
+def test_measure_is_the_benchmark_as_a_call_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --md / --json paths are relative: nothing may appear here
+    small = dict(vision=dict(efficiency.QUICK["vision"], image_size=56), text=efficiency.QUICK["text"])
+    result = efficiency.measure((0.5, 0.25), quick=True, config=small, repeats=1, warmup=0)
+    assert list(tmp_path.iterdir()) == []
+    rows = {(r["variant"], r["keep"]) for r in result["summary"]["rows"]}
+    assert rows == {("unpatched", None), ("vision", None)} | {(v, k) for v in ("fastervlm", "oracle", "reference")
+                                                             for k in (0.5, 0.25)}
+    assert result["setup"]["visual_tokens"] == (56 // 14) ** 2 and result["setup"]["repeats"] == 1
+    assert all(c["reference_kept"] == c["kept"] for c in result["checks"].values())
+    assert "| (b) vtr fastervlm | 0.25 |" in efficiency.markdown(result)
+    with pytest.raises(ValueError, match=r"keeps must be ratios in \(0, 1\], got \(1.5,\)"):
+        efficiency.measure((1.5,), quick=True)
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        efficiency.measure(quick=True, repeats=0)
