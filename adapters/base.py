@@ -16,7 +16,8 @@ import torch
 from vtr.adapters.layout import with_prefix
 from vtr.engine.splice import Segment, gather_columns, kept_columns, padding_side
 from vtr.probes.decoder import DecoderAttention
-from vtr.visual import VisualTokens
+from vtr.signals import Signal
+from vtr.visual import View, VisualTokens
 
 
 
@@ -125,6 +126,30 @@ class Adapter:
     def encode(self, kwargs: dict) -> list[Encoded]:
         """Run the vision side with probes; one :class:`Encoded` per modality present ([] for none)."""
         raise NotImplementedError
+
+    def add_shared_signals(self, encoded: Encoded, kwargs: dict) -> None:
+        """Register the signals every family computes the same way (called by the engine after :meth:`encode`)."""
+        if Signal.PROMPT_EMBEDDINGS in self.provides:
+            views = encoded.visual.views
+            encoded.visual.signals.add(Signal.PROMPT_EMBEDDINGS, lambda: self.prompt_embeddings(kwargs, views))
+
+    def prompt_embeddings(self, kwargs: dict, views: list[View]) -> list[torch.Tensor]:
+        """Per view, ``(T, D)`` float32 input embeddings of its row's instruction (see ``Signal.PROMPT_EMBEDDINGS``)."""
+        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        placeholders = torch.tensor(self.placeholder_ids(), device=ids.device)
+        embed = self.model.get_input_embeddings()
+        rows: dict[int, torch.Tensor] = {}
+        for b in sorted({v.sample for v in views}):
+            valid = mask[b].bool() if mask is not None else torch.ones_like(ids[b], dtype=torch.bool)
+            visual = torch.isin(ids[b], placeholders)
+            text = valid & ~visual
+            after = text.clone()
+            if bool(visual.any()):
+                after[: int(visual.nonzero().max()) + 1] = False
+            text = after if bool(after.any()) else text  # the instruction follows the media in chat templates
+            with torch.no_grad():
+                rows[b] = embed(ids[b][text]).float()
+        return [rows[v.sample] for v in views]
 
     def segment_keep(self, encoded: Encoded, plan: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-view kept patch indices → per-segment kept token indices (sorted).

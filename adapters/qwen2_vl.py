@@ -145,7 +145,7 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_classes = ("Qwen2VLForConditionalGeneration",)
     provides = frozenset({Signal.CLS_ATTENTION, Signal.RECEIVED_ATTENTION, Signal.PATCH_ATTENTION_LOGIT_MEANS,
-                          Signal.PATCH_ATTENTION_PROB_MEANS})
+                          Signal.PATCH_ATTENTION_PROB_MEANS, Signal.PROMPT_EMBEDDINGS})
     visual_inputs = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
     rejected_inputs = {
         "image_sizes": "Qwen2-VL takes image_grid_thw from its own processor, not image_sizes",

@@ -136,6 +136,7 @@ def test_adapters_provide_what_they_serve():
         kind = "video" if family == "video_llava" else "image"
         inputs = dict(example_inputs(processor, family, kind))
         for encoded in adapter.encode(inputs):
+            adapter.add_shared_signals(encoded, inputs)  # what the engine adds after encode (prompt embeddings)
             assert set(encoded.visual.signals.available) == {s.value for s in adapter_class.provides}, family
 
 

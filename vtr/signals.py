@@ -31,6 +31,10 @@ class Signal(str, Enum):
     #: ``(9,)`` int64 per view: ``[image, crop_row, crop_col, grid_rows, grid_cols, row0, col0, rows, cols]``,
     #: its place in its image's AnyRes layout (LLaVA-NeXT; see ``LlavaNextAdapter.anyres_layout``)
     ANYRES_LAYOUT = "anyres_layout"
+    #: ``(T, D)`` float32 per view: the LLM's input embeddings of the text tokens after the last visual
+    #: placeholder of the view's prompt row (the instruction; all of the row's text when none follow),
+    #: padding excluded; same space as the projected features (CDPruner's relevance)
+    PROMPT_EMBEDDINGS = "prompt_embeddings"
 
     def __str__(self) -> str:
         return self.value

@@ -56,6 +56,10 @@ class Signals:
         self._providers = {as_signal(name): provider for name, provider in providers.items()}
         self._cache: dict[Signal, list[torch.Tensor]] = {}
 
+    def add(self, name: Signal | str, provider: Callable[[], list[torch.Tensor]]) -> None:
+        """Register one more provider (the engine adds the signals every family shares)."""
+        self._providers[as_signal(name)] = provider
+
     @property
     def available(self) -> list[str]:
         return sorted(s.value for s in self._providers)

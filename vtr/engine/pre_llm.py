@@ -98,6 +98,8 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     start = time.perf_counter()
     adapter.requested_signals = frozenset(handle.spec.reducer_class.vision_signals)
     encoded = adapter.encode(kwargs)
+    for e in encoded:
+        adapter.add_shared_signals(e, kwargs)
     stats.seconds["vision"] = time.perf_counter() - start
     if not encoded:  # a text-only call: nothing to reduce
         return kwargs
