@@ -37,6 +37,7 @@ class LayerContext:
         text: ``(B, n)`` bool, the current valid text tokens.
         n_visual_input: ``(B,)`` visual tokens each row had when entering the LLM.
         cols: ``(B, n)`` original column (in the LLM input) of each current entry.
+        hidden: ``(B, n, D)`` the hidden states entering layer ``layer`` (before its input norm).
     """
 
     layer: int
@@ -46,6 +47,7 @@ class LayerContext:
     text: torch.Tensor
     n_visual_input: torch.Tensor
     cols: torch.Tensor
+    hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -144,7 +146,7 @@ class DecoderPruning:
     def _prefill_layer(self, i: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         st = self.state
         if i in self.probes:
-            position = self._select(i)  # (B, m) positions into the current sequence
+            position = self._select(i, hidden)  # (B, m) positions into the current sequence
             hidden = hidden.gather(1, position[..., None].expand(-1, -1, hidden.shape[-1]))
             self.probes[i].clear()
         cols, valid = st.cols, st.valid
@@ -158,7 +160,7 @@ class DecoderPruning:
         st.counts[i] = (st.visual.gather(1, cols) & valid).sum(dim=1)
         return hidden
 
-    def _select(self, layer: int) -> torch.Tensor:
+    def _select(self, layer: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
         st = self.state
         key_valid = st.valid & st.key_ok.gather(1, st.cols)
         visual = st.visual.gather(1, st.cols) & st.valid
@@ -166,6 +168,7 @@ class DecoderPruning:
             layer=layer, n_layers=len(self.layers),
             attention=self.probes[layer].attention_of(st.cols, key_valid),
             visual=visual, text=key_valid & ~visual, n_visual_input=st.visual.sum(dim=1), cols=st.cols,
+            hidden=hidden,
         )
         chosen = self.reducer.llm_select(context)  # per row: positions of visual tokens to keep
         rows = []
