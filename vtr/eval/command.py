@@ -138,32 +138,48 @@ def load_model(name: str | None, dtype: str):
     return model, processor
 
 
-def run_specs(model, names: list[str], keeps: list, seed: int) -> tuple[list, dict]:
-    """The runs to make (unpruned first) and the reducers skipped by ``all``, each patched once to check it."""
+def plan_runs(names: list[str], keeps: list, seed: int) -> list:
+    """The runs asked for, unpruned first (reducer names checked against the registry, no model needed)."""
     import vtr
     from vtr.config import field_names
     from vtr.eval import runner
     from vtr.registry import get_spec
 
     available = vtr.list_reducers()
-    explicit = names != ["all"]
-    names = names if explicit else list(available)
-    specs, skipped = [runner.RunSpec(None)], {}
-    for name in names:
+    specs = [runner.RunSpec(None)]
+    for name in (list(available) if names == ["all"] else names):
         if name not in available:
             raise UsageError(f"--reducers: unknown reducer {name!r}; available: {', '.join(available)} (or all)")
         settings = (("seed", seed),) if "seed" in field_names(get_spec(name).config_class) else ()
+        specs += [runner.RunSpec(name, keep, settings) for keep in keeps]
+    return specs
+
+
+def runnable(model, specs: list, explicit: bool) -> tuple[list, dict]:
+    """``specs`` this model takes, each patched once to check it, and ``{reducer: why}`` for the others.
+    With ``explicit`` (reducers named on the command line) a refusal is an error instead."""
+    import vtr
+
+    kept, skipped = [], {}
+    for spec in specs:
+        if spec.reducer is not None and spec.reducer in skipped:
+            continue
         try:
-            for keep in keeps:
-                with vtr.patched(model, name, keep=keep, **dict(settings)):
-                    pass
+            with spec.patched(model):
+                pass
         except (TypeError, ValueError) as error:
             if explicit:
-                raise UsageError(f"--reducers {name}: {str(error).splitlines()[0]}") from None
-            skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                raise UsageError(f"--reducers {spec.reducer}: {str(error).splitlines()[0]}") from None
+            skipped[spec.reducer] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             continue
-        specs += [runner.RunSpec(name, keep, settings) for keep in keeps]
-    return specs, skipped
+        kept.append(spec)
+    assert not vtr.is_patched(model)
+    return [s for s in kept if s.reducer not in skipped], skipped
+
+
+def run_specs(model, names: list[str], keeps: list, seed: int) -> tuple[list, dict]:
+    """:func:`plan_runs` then :func:`runnable`: the runs to make and the reducers ``all`` skips."""
+    return runnable(model, plan_runs(names, keeps, seed), explicit=names != ["all"])
 
 
 def evaluate(args) -> dict | None:
@@ -185,16 +201,17 @@ def evaluate(args) -> dict | None:
         raise DataError(f"--data {args.data}: question_id {duplicate!r} occurs more than once")
 
     procs = runner.Processes()
-    model, processor = load_model(args.model, args.dtype)
-    model.to(procs.device)
-    specs, skipped = run_specs(model, args.reducers, args.keeps, args.seed)
+    planned = plan_runs(args.reducers, args.keeps, args.seed)
     root = args.out / task.name
     common = {"task": task.name, "model": args.model or "vtr.shapes.CHECKPOINT", "split": args.split,
               "instruction": instruction, "max_new_tokens": max_new_tokens, "dtype": args.dtype}
     settings = {spec: {**common, "reducer": spec.reducer, "keep": spec.keep, "reducer_settings": dict(spec.settings)}
-                for spec in specs}
-    for spec in specs:  # every run folder is checked before the first question is answered
+                for spec in planned}
+    for spec in planned:  # every run folder is checked before the model loads and anything is answered
         store.check(spec.folder(root), settings[spec], args.resume)
+    model, processor = load_model(args.model, args.dtype)
+    model.to(procs.device)
+    specs, skipped = runnable(model, planned, explicit=args.reducers != ["all"])
     procs.barrier()
     if procs.is_main:
         for spec in specs:
