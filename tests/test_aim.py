@@ -45,13 +45,47 @@ def test_schedule_follows_the_paper_on_28_layers():
     assert aim.schedule(28) == (14, 22)
     assert aim.llm_layers(28) == list(range(15, 23))
     assert [aim.retention(k, 28) for k in (15, 18, 22)] == [0.875, 0.5, 0.0]
+    # S: 15 full layers, then 7/8 ... 1/8, then none: (15 + 3.5) / 28
+    assert aim.share(28) == pytest.approx(18.5 / 28)
+    assert aim.merge_ratio(28, 0.25) == pytest.approx(0.25 * 28 / 18.5)
+    assert aim.merge_ratio(28, 0.9) == 1.0 and aim.floor(28, 576) == 0.0  # keep 0.25 <= S: prune to zero
+    high = AIM(AIMConfig(keep=0.9))
+    floor = high.floor(28, 576)  # nothing merged; pruning stops at f so that the mean is 0.9
+    assert floor == pytest.approx(1 - 0.1 / (1 - 18.5 / 28))
+    assert sum(high.retention(k, 28, floor) for k in range(28)) / 28 == pytest.approx(0.9)
 
 
-def test_keep_one_without_pruning_is_identity(llava, inputs2):
-    model, _ = llava
+@pytest.mark.parametrize("keep", [0.25, 0.8, 96])
+def test_keep_is_the_total_budget(llava8, inputs2, keep):
+    """The mean layer share (tokens per decoder layer / visual tokens in) is keep, up to rounding."""
+    model, _ = llava8
+    with vtr.patched(model, "aim", keep=keep):
+        with torch.no_grad():
+            model(**inputs2)
+        target = keep / 576 if isinstance(keep, int) else keep
+        for share, layers in zip(model.vtr.stats.layer_share, model.vtr.stats.visual_tokens_per_layer):
+            assert abs(share - target) <= 1.5 / 576 * 8, (share, layers)  # a token per layer of rounding
+
+
+def test_merge_and_schedule_knobs(llava8, inputs2):
+    model, _ = llava8
+    with vtr.patched(model, "aim", keep=0.5, prune=False):  # merging alone meets keep
+        with torch.no_grad():
+            model(**inputs2)
+        assert model.vtr.stats.visual_tokens_per_layer[0] == [288] * 8
+    with pytest.raises(ValueError, match="merge"):  # keep / merge below what the schedule keeps
+        vtr.patch(model, "aim", keep=0.1, merge=0.5)
+    with pytest.raises(ValueError, match="merge"):
+        vtr.patch(model, "aim", keep=0.5, merge=0.5, prune=False)
+    assert not vtr.is_patched(model)
+
+
+@pytest.mark.parametrize("settings", [{"keep": 1.0}, {"keep": 1.0, "prune": False}, {"keep": 10_000}])
+def test_keep_one_is_identity(llava8, inputs2, settings):
+    model, _ = llava8
     with torch.no_grad():
         ref = model(**inputs2).logits
-    with vtr.patched(model, "aim", keep=1.0, prune=False):
+    with vtr.patched(model, "aim", **settings):
         with torch.no_grad():
             assert torch.equal(model(**inputs2).logits, ref)
 
@@ -83,7 +117,8 @@ def test_first_prune_equals_pagerank_of_eager_attention(llava8, impl):
         llm_input = reference.vtr.stats.kept_columns
     mask = torch.stack([inputs["attention_mask"][b, llm_input[b]] for b in range(2)])
     importance = pagerank_from_probs(attentions[4], mask)  # layer 4's attention decides before layer 5
-    vtr.patch(model, "aim", keep=0.25)
+    # merge 0.25, then the paper's schedule on 8 layers (l1 = 4, l2 = 6: S = 5.5 / 8) to zero
+    vtr.patch(model, "aim", keep=0.25 * 5.5 / 8, merge=0.25)
     with torch.no_grad():
         model(**inputs)
     stats = model.vtr.stats
@@ -107,7 +142,7 @@ def test_first_prune_equals_pagerank_of_eager_attention(llava8, impl):
 def test_cached_generate_equals_no_cache_recompute(llava8, impl):
     model, processor = llava8
     model.set_attn_implementation(impl)
-    vtr.patch(model, "aim", keep=0.25, prune_start=4, prune_end=7)
+    vtr.patch(model, "aim", keep=0.25 * 6 / 8, merge=0.25, prune_start=4, prune_end=7)  # S = (5 + 2/3 + 1/3) / 8
     stats = check_generate_against_layer_loop(model, example_inputs(processor, "llava", batch=1, seed=3))
     assert [stats.stages[f"llm_layer_{k}"]["out"] for k in (5, 6, 7)] == [[96], [48], [0]]
 

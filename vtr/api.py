@@ -17,7 +17,7 @@ from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
 from vtr.engine.in_llm import llm_stage, loss_on_kept, record_llm_stage
 from vtr.engine.pre_llm import check_positions, check_signals, reduce_call
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, model_info
 from vtr.registry import make_config
 from vtr.stats import ReductionStats
 
@@ -178,6 +178,7 @@ def patch(model: torch.nn.Module, reducer: str | ReducerConfig, **config: Any) -
         )
     spec, cfg = make_config(reducer, config)
     adapter = adapter_for(model)
+    cfg.bind(model_info(adapter))  # settings checked against the model now and at every later edit
     check_positions(adapter, cfg)
     families = spec.reducer_class.families
     if families is not None and adapter.family not in families:

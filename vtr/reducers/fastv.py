@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_int, check_layer
 from vtr.registry import register_reducer
 from vtr.ops.selection import keep_count, keep_topk_in_order
 
@@ -29,15 +29,19 @@ from vtr.ops.selection import keep_count, keep_topk_in_order
 @dataclass
 class FastVConfig(ReducerConfig):
     """``keep``: fraction (or count) of each row's visual tokens kept from layer ``layer`` on.
-    ``layer``: K, the first decoder layer that runs on the kept tokens (≥ 1)."""
+    ``layer``: K, the first decoder layer that runs on the kept tokens (an int, 1 ≤ K < the LLM's depth).
+    Counts round half up (``keep_count``); ``keep=1.0`` or a count ≥ the row's visual tokens keeps all."""
 
     keep: float | int = 0.5
     layer: int = 2
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"layer must be an int >= 1 (K, the first layer on kept tokens), got {self.layer!r}")
+        info = self.model_info
+        depth = info.llm_layers if info else None
+        # K = 0 would prune before any attention exists; K = depth would prune after the last layer
+        self.normalise("layer", check_layer(check_int(self.layer, "layer", low=1), "layer", depth=depth, low=1,
+                                                fractions=False))
 
 
 @register_reducer("fastv")

@@ -41,7 +41,7 @@ import torch
 
 from vtr.ops.grid import keep_rows, rows_for_budget
 from vtr.reducers.base import Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_choice
 from vtr.registry import register_reducer
 from vtr.ops.selection import keep_topk_in_order
 from vtr.signals import Signal
@@ -61,10 +61,8 @@ class FoPruConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        check_choice(self.strategy, "strategy", STRATEGIES)
+        check_choice(self.attention, "attention", ATTENTIONS)
 
 
 def significance(means: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,29 @@ Deviations from the reference code:
   the reference, since with original positions each slot keeps its own patch's position id).
 - Counts are at least 1 per view (the engine keeps no empty view); ``keep=1.0`` keeps everything (the
   formula would keep fewer than all tokens of below-average crops, so ``r = 1`` is made the identity).
-- ``keep`` must be a float ratio: one count cannot be shared by crops with different ratios.
+- Rounding: every count is the reference's ``int(n·r)`` (truncation), at least 1. An int ``keep``
+  (not in the reference) is turned into the image's ratio first (see the config).
+- Score ties go to the lower patch index (a stable sort); the reference's ``topk`` leaves tie order
+  unspecified.
 - Scores come from the last layer's q/k projections, recorded while the tower runs (the reducer
   declares ``vision_signals``), not from a monkey-patched eager CLIP attention; same values (tested).
-- Batches of any size (the reference asserts batch size 1); no fp16 cast of the output.
+- Batches of any size (the reference asserts batch size 1).
 - Positions: original position ids by default; ``positions="renumber"`` renumbers, as the reference.
-- LLaVA-NeXT only: any other family raises a ``ValueError`` that points to ``fastervlm`` (at call time,
-  as reducers do not see the model family when they are patched in).
+- LLaVA-NeXT only: any other family is refused at patch time with a ``ValueError`` that points to
+  ``fastervlm``.
+
+Run side by side on the same weights, the reference and vtr keep identical sets in every view; the
+remaining logit differences come from three behaviours of the reference that vtr does not copy:
+
+1. The reference writes the kept crop tokens' indices into the *padded* crop grid (before
+   ``unpad_image``), so kept features land in slots shifted by the padding; vtr indexes the
+   unpadded grid the stock ``spatial_unpad`` layout actually feeds the LLM, so each kept feature
+   stays at its own patch's slot (copying the shift would move tokens away from their patches).
+2. The reference appends an ``image_newline`` token after every row of the padded grid, including
+   rows that are all padding; vtr keeps exactly the newline tokens of the stock transformers layout
+   (one per unpadded row), so ``keep=1.0`` is the unpatched model.
+3. The reference casts the crop features to fp16 on the way out; vtr keeps the model's dtype, so a
+   fp32 or bf16 model is not silently rounded through fp16.
 """
 from __future__ import annotations
 
@@ -42,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from vtr.reducers.base import MergedView, Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_choice, check_float
 from vtr.registry import register_reducer
 from vtr.ops.selection import keep_topk_in_order
 from vtr.signals import Signal
@@ -53,24 +69,18 @@ ORDERS = ("spatial", "score")
 
 @dataclass
 class GlobalCom2Config(ReducerConfig):
-    """``keep``: overall retention ratio ``r`` (float). ``temperature``: ``T`` of the crop softmax.
+    """``keep``: overall retention ratio ``r`` (a float), or an int count ``k`` per view (an image then gets
+    ``r = min(1, k·views / patches)``, the same total as ``k`` tokens in each view). ``temperature``: ``T`` of the crop softmax.
     ``thumbnail_order``: ``"spatial"`` (default) or ``"score"`` (the reference's emission order)."""
 
-    keep: float = 0.25
+    keep: float | int = 0.25
     temperature: float = 10.0
     thumbnail_order: str = "spatial"
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.keep, float):
-            raise TypeError(f"keep for globalcom2 is the overall retention ratio, a float in (0, 1], got "
-                            f"{type(self.keep).__name__} {self.keep!r} (crops get different ratios, so a count has "
-                            "no meaning)")
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ValueError(f"temperature must be a number > 0, got {t!r}")
-        if self.thumbnail_order not in ORDERS:
-            raise ValueError(f"thumbnail_order must be one of {ORDERS}, got {self.thumbnail_order!r}")
+        self.normalise("temperature", check_float(self.temperature, "temperature", low=0, low_open=True))
+        check_choice(self.thumbnail_order, "thumbnail_order", ORDERS)
 
 
 def crop_retention(thumbnail: torch.Tensor, grid: tuple[int, int], ratio: float, temperature: float) -> torch.Tensor:
@@ -116,34 +126,48 @@ class GlobalCom2(Reducer):
                 "attention per view)"
             )
         layout = [t.tolist() for t in visual.signal(Signal.ANYRES_LAYOUT)]
-        if self.config.keep >= 1.0:
-            return [torch.arange(v.n_patches) for v in visual.views]
-        scores = [rows[-1] for rows in visual.signal(Signal.CLS_LOGITS_LAYERS)]  # the last layer, (n_patches,)
+        scores = None
         plans: list = [None] * len(visual.views)
         for image in sorted({entry[0] for entry in layout}):
             views = [v for v, entry in enumerate(layout) if entry[0] == image]
+            ratio = self.image_ratio([visual.views[v] for v in views])
+            if ratio >= 1.0:  # the identity: the formula would keep fewer than all of below-average crops
+                for v in views:
+                    plans[v] = torch.arange(visual.views[v].n_patches)
+                continue
+            if scores is None:
+                scores = [rows[-1] for rows in visual.signal(Signal.CLS_LOGITS_LAYERS)]  # the last layer, (n_patches,)
             base = next(v for v in views if layout[v][1] < 0)
-            plans[base] = self.thumbnail_plan(visual, base, scores[base])
+            plans[base] = self.thumbnail_plan(visual, base, scores[base], ratio)
             crops = [v for v in views if v != base]
             if crops:
-                for v, kept in zip(crops, self.crop_plans(visual, layout, base, crops, scores)):
+                for v, kept in zip(crops, self.crop_plans(visual, layout, base, crops, scores, ratio)):
                     plans[v] = kept
         return plans
 
-    def thumbnail_plan(self, visual: VisualTokens, base: int, scores: torch.Tensor):
-        kept = keep_topk_in_order(scores, count(len(scores), self.config.keep))
+    def image_ratio(self, views) -> float:
+        """``r`` for one image: ``keep`` itself, or for an int count ``k`` the ratio that gives the image
+        ``k`` tokens per view in total (``min(1, k·views / patches)``)."""
+        keep = self.config.keep
+        if isinstance(keep, float):
+            return keep
+        return min(1.0, keep * len(views) / sum(v.n_patches for v in views))
+
+    def thumbnail_plan(self, visual: VisualTokens, base: int, scores: torch.Tensor, ratio: float):
+        kept = keep_topk_in_order(scores, count(len(scores), ratio))
         if self.config.thumbnail_order == "spatial":
             return kept
         order = kept[torch.sort(scores[kept], descending=True, stable=True).indices]
         features = visual.features[base][visual.views[base].n_prefix:]
         return MergedView(kept, features[order.to(features.device)])
 
-    def crop_plans(self, visual: VisualTokens, layout, base: int, crops: list[int], scores) -> list[torch.Tensor]:
+    def crop_plans(self, visual: VisualTokens, layout, base: int, crops: list[int], scores,
+                   ratio: float) -> list[torch.Tensor]:
         """Kept patches of each crop view of one image (``layout``: the ``"anyres_layout"`` rows)."""
         side_h, side_w = visual.views[base].grid
         thumbnail = scores[base].float().view(side_h, side_w)
         _, _, _, grid_rows, grid_cols, _, _, rows, cols = layout[base]
-        ratios = crop_retention(thumbnail, (grid_rows, grid_cols), self.config.keep, self.config.temperature)
+        ratios = crop_retention(thumbnail, (grid_rows, grid_cols), ratio, self.config.temperature)
         guide = F.interpolate(thumbnail[None, None], size=(rows, cols), mode="bilinear", align_corners=False)[0, 0]
         plans = []
         for v in crops:
@@ -151,6 +175,5 @@ class GlobalCom2(Reducer):
             h, w = visual.views[v].grid
             local = F.normalize(scores[v].float(), dim=0)
             global_ = F.normalize(guide[row0:row0 + h, col0:col0 + w].flatten(), dim=0)
-            ratio = float(ratios[crop_row, crop_col])
-            plans.append(keep_topk_in_order(local + global_, count(h * w, ratio)))
+            plans.append(keep_topk_in_order(local + global_, count(h * w, float(ratios[crop_row, crop_col]))))
         return plans

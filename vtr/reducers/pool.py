@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from vtr.ops.grid import cell_anchors, pooled_shape
 from vtr.reducers.base import MergedView, Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_choice
 from vtr.registry import register_reducer
 from vtr.visual import VisualTokens
 
@@ -46,8 +46,7 @@ class PoolConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {self.anchor!r}")
+        check_choice(self.anchor, "anchor", ANCHORS)
 
 
 def pool_view(patches: torch.Tensor, grid: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:

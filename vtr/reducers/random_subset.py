@@ -6,23 +6,26 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_int
 from vtr.registry import register_reducer
 from vtr.ops.selection import random_keep
 from vtr.visual import VisualTokens
+
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
 class RandomConfig(ReducerConfig):
     """``seed``: the draw for the j-th view of a sample uses ``seed + j``, so a sample gets the same
-    tokens whatever batch it is in (batch-N equals batch-1)."""
+    tokens whatever batch it is in (batch-N equals batch-1). An int in ``[0, 2**63 - 1]``.
+    Counts round half up (``keep_count``); ``keep=1.0`` or a count ≥ the view's patches keeps all."""
 
     seed: int = 0
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__} {self.seed!r}")
+        # torch generators take 64-bit seeds; view j draws with seed + j, so leave room above it
+        self.normalise("seed", check_int(self.seed, "seed", low=0, high=MAX_SEED))
 
 
 @register_reducer("random")

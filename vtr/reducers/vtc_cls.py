@@ -33,20 +33,13 @@ from dataclasses import dataclass
 import torch
 
 from vtr.reducers.base import Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_layer
 from vtr.registry import register_reducer
 from vtr.ops.selection import keep_topk_in_order
 from vtr.signals import Signal
 from vtr.visual import VisualTokens
 
 SIGNAL = Signal.CLS_ATTENTION_LAYERS
-
-
-def check_layer(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be a fraction of the tower's depth in [0, 1] or an int layer index "
-                         f"(negative counts from the last layer), got {value!r}")
 
 
 def resolve_layer(value: float | int, n_layers: int, name: str) -> int:
@@ -70,8 +63,15 @@ class VTCCLSConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_layer(self.start_layer, "start_layer")
-        check_layer(self.end_layer, "end_layer")
+        info = self.model_info
+        depth = info.vision_layers if info and info.vision_layers else None
+        for name in ("start_layer", "end_layer"):
+            self.normalise(name, check_layer(getattr(self, name), name, depth=depth, what="vision tower", negative=True))
+        if depth is not None and not isinstance(self.start_layer, float):
+            start, end = resolve_layer(self.start_layer, depth, "start_layer"), resolve_layer(self.end_layer, depth, "end_layer")
+            if start > end:
+                raise ValueError(f"start_layer={self.start_layer} (layer {start}) comes after end_layer={self.end_layer} "
+                                 f"(layer {end}) of the {depth}-layer vision tower; it must not")
 
 
 @register_reducer("vtc_cls")

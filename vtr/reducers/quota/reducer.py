@@ -66,7 +66,7 @@ from vtr.reducers.quota.context import QueryContext
 from vtr.reducers.quota.records import RECORD, Assignment
 from vtr.reducers.quota.scorers import ClipScorer
 from vtr.reducers.base import MergedView, Reducer
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_bool, check_choice, check_float, check_int
 from vtr.registry import register_reducer
 from vtr.ops.selection import keep_topk_in_order
 from vtr.signals import Signal
@@ -117,18 +117,13 @@ class QuotaConfig(ReducerConfig):
         if question is not None and not (texts and all(isinstance(q, str) and q.strip() for q in texts)):
             raise ValueError(f"question must be None (read from the prompt), a non-empty string or a list of them "
                              f"(one per batch row), got {question!r}")
-        if self.decouple is not None and not isinstance(self.decouple, bool):
-            raise TypeError(f"decouple must be True, False or None (on with scorer='self'), got {self.decouple!r}")
-        if self.frame_reduction not in FRAME_REDUCTIONS:
-            raise ValueError(f"frame_reduction must be one of {FRAME_REDUCTIONS}, got {self.frame_reduction!r}")
+        if self.decouple is not None:
+            self.normalise("decouple", check_bool(self.decouple, "decouple (or None: on with scorer='self')"))
+        check_choice(self.frame_reduction, "frame_reduction", FRAME_REDUCTIONS)
         for name in ("weight_scale", "weight_exponent"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+            self.normalise(name, check_float(getattr(self, name), name, low=0, low_open=True))
         for name in ("min_per_frame", "score_batch", "decouple_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            self.normalise(name, check_int(getattr(self, name), name, low=1))
         if self.processor is not None:
             tokenizer = getattr(self.processor, "tokenizer", None) or self.processor
             if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
