@@ -4,11 +4,12 @@ from __future__ import annotations
 from vtr.adapters.base import Adapter, Encoded
 from vtr.adapters.llava import LlavaAdapter
 from vtr.adapters.llava_next import LlavaNextAdapter
+from vtr.adapters.llava_onevision import LlavaOnevisionAdapter
 from vtr.adapters.qwen2_vl import Qwen2VLAdapter
 from vtr.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vtr.adapters.video_llava import VideoLlavaAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
 
 
 def supported_families() -> dict[str, tuple[str, ...]]:

@@ -12,8 +12,8 @@ import vtr
 from helpers import generate_steps
 from vtr.testing import example_inputs, tiny_model
 
-CASES = [("llava", "image"), ("llava_next", "image"), ("qwen2_vl", "image"), ("qwen2_vl", "video"),
-         ("qwen2_5_vl", "video"), ("video_llava", "image"), ("video_llava", "video")]
+CASES = [("llava", "image"), ("llava_next", "image"), ("llava_onevision", "image+video"), ("qwen2_vl", "image"),
+         ("qwen2_vl", "video"), ("qwen2_5_vl", "video"), ("video_llava", "image"), ("video_llava", "video")]
 #: settings under which each reducer must be the identity
 IDENTITY = {"fastervlm": {"keep": 1.0}, "random": {"keep": 1.0}, "fastv": {"keep": 1.0},
             "aim": {"keep": 1.0, "prune": False}}

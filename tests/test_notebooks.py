@@ -23,7 +23,7 @@ import execute  # noqa: E402  (notebooks/execute.py)
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 #: the demos the README promises, in its order
-EXPECTED = ("quickstart", "reducer_gallery")
+EXPECTED = ("quickstart", "reducer_gallery", "accuracy_vs_budget", "write_your_own_reducer")
 #: phrases of text that went out of date once (the trained model landed)
 STALE = (r"until the (project's )?trained model lands", r"\bgibberish\b")
 RERUN = "re-run `python notebooks/execute.py {name}` and commit the notebook"

@@ -17,6 +17,7 @@ CASES = [
     ("fopru", {"strategy": "row"}, "llava_next", "image"),
     ("fopru", {"attention": "probs", "strategy": "row"}, "qwen2_vl", "image"),
     ("fopru", {}, "qwen2_5_vl", "video"),
+    ("fopru", {}, "llava_onevision", "image+video"),
     ("vtc_cls", {"start_layer": 1}, "llava", "image"),
     ("vtc_cls", {}, "video_llava", "video"),
     ("globalcom2", {}, "llava_next", "image"),
@@ -25,10 +26,11 @@ CASES = [
     ("pool", {"anchor": "top_left"}, "llava_next", "image"),
     ("pool", {}, "qwen2_vl", "video"),
     ("pool", {}, "qwen2_5_vl", "image"),
+    ("pool", {}, "llava_onevision", "image+video"),
     ("pool", {}, "video_llava", "video"),
 ]
 IDS = [f"{r}-{f}-{k}" + "".join(f"-{v}" for v in o.values()) for r, o, f, k in CASES]
-KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "qwen2_5_vl": 0.25, "video_llava": 0.1}
+KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "qwen2_5_vl": 0.25, "llava_onevision": 0.25, "video_llava": 0.1}
 
 
 @functools.cache
