@@ -22,9 +22,28 @@ def record(argv: list[str], seconds: float) -> None:
 
     args = build_parser("python -m benchmarks.vqa").parse_args(argv)
     summary = json.loads((args.out / args.task / "summary.json").read_text(encoding="utf-8"))
-    info = machine_info(wall_seconds=round(seconds, 1))
+    resumed = "--resume" in argv  # the wall time of a resumed command is not the run's
+    argv = [a for a in argv if a != "--resume"]
+    generate = sum(r["seconds_per_question"] * r["n"] for r in summary["runs"])
+    info = machine_info(wall_seconds=None if resumed else round(seconds, 1), generate_seconds=round(generate, 1))
+    summary["not_run"] = not_run(args, summary)
     write_json(ROOT / "benchmarks" / "results" / f"vqa_{args.task}.json", {"command": argv, "machine": info, **summary})
     replace_section(ROOT / "BENCHMARKS.md", f"vqa-{args.task}", section(argv, summary, info, args.out / args.task))
+
+
+def not_run(args, summary: dict) -> dict:
+    """``{reducer: why}`` for every registered reducer the run did not include (refused by the model, or
+    not asked for)."""
+    import vtr
+    from vtr.eval.command import load_model, plan_runs, runnable
+
+    ran = {r["reducer"] for r in summary["runs"]}
+    others = [name for name in vtr.list_reducers() if name not in ran]
+    if not others:
+        return {}
+    model, _ = load_model(args.model, args.dtype)
+    takes, refused = runnable(model, plan_runs(others, args.keeps, args.seed), explicit=False)
+    return {**refused, **{s.reducer: "not asked for (--reducers)" for s in takes if s.reducer is not None}}
 
 
 def section(argv: list[str], summary: dict, info: dict, folder: Path) -> str:
@@ -43,12 +62,17 @@ def section(argv: list[str], summary: dict, info: dict, folder: Path) -> str:
         "",
         f"Measured {info.get('date', '')} on {info.get('cpu', '?')}, {info.get('torch_threads', '?')} threads, "
         f"torch {info.get('torch')}, transformers {info.get('transformers')}, {summary['processes']} process(es), "
-        f"wall {info.get('wall_seconds')} s for the whole command.",
+        f"{info['generate_seconds']} s in `generate` over all runs"
+        + (f", {info['wall_seconds']} s wall for the whole command." if info.get("wall_seconds") else ".")
+        + " Timings come from a shared machine (other jobs running): read the seconds column as rough.",
         "",
         table.strip(),
         "",
-        f"Raw numbers: `benchmarks/results/vqa_{summary['task']}.json`.",
     ]
+    if summary.get("not_run"):
+        lines += ["", "Registered reducers not in this table:", ""]
+        lines += [f"- `{name}`: {why}" for name, why in summary["not_run"].items()]
+    lines += ["", f"Raw numbers: `benchmarks/results/vqa_{summary['task']}.json`."]
     return "\n".join(lines)
 
 

@@ -297,3 +297,19 @@ def test_two_processes_give_the_single_process_results(tmp_path, capsys):
         m1, m2 = (json.loads((f / "metrics.json").read_text()) for f in (one, two))
         assert m2["metrics"] == m1["metrics"] and m2["flops_ratio"] == m1["flops_ratio"]
     assert json.loads((tmp_path / "two" / "pope" / "summary.json").read_text())["processes"] == 2
+
+
+def test_benchmark_entry_point_records_a_section(tmp_path, monkeypatch, capsys):
+    import benchmarks.vqa as script
+
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nhand-written text\n")
+    argv = ["--task", "shapes", "--limit", "2", "--reducers", "fastervlm", "--keeps", "0.5", "--out", str(tmp_path / "o")]
+    assert script.run([*argv, "--record"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "hand-written text" in text and "<!-- vqa-shapes:begin -->" in text and "n = 2 questions" in text
+    recorded = json.loads((tmp_path / "benchmarks" / "results" / "vqa_shapes.json").read_text())
+    accuracy = recorded["runs"][1]["headline"]["accuracy"]
+    assert f"| fastervlm@0.5 | 0.50 | 2 | {accuracy:.2f} |" in text
+    assert "globalcom2" in recorded["not_run"] and "`globalcom2`" in text
+    assert recorded["machine"]["wall_seconds"] > 0

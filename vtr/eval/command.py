@@ -232,6 +232,7 @@ def evaluate(args) -> dict | None:
         report.write_json(spec.folder(root) / "metrics.json", summary)
         runs.append(summary)
     if not procs.is_main:
+        procs.close()
         return None
     result = {"task": task.name, "headline": list(task.headline), "runs": runs, "skipped": skipped,
               "processes": procs.world, "environment": report.environment()}
@@ -241,6 +242,7 @@ def evaluate(args) -> dict | None:
     picture = report.plot(root / "plot.png", task.name, task.headline, runs)
     print(table)
     print(f"wrote {root}/summary.md, summary.json" + (", plot.png" if picture else "") + " and per-run predictions/metrics")
+    procs.close()
     return result
 
 

@@ -73,6 +73,12 @@ class Processes:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def close(self) -> None:
+        """Wait for every process, then leave the process group (no warning at exit)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+            self.state.destroy_process_group()
+
 
 def row_accounting(model, inputs, b: int, text_config, placeholder_ids: Sequence[int]) -> dict:
     """Visual tokens and analytic prefill FLOPs of batch row ``b`` of the last call, from ``model.vtr.stats``.
