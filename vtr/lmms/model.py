@@ -156,7 +156,8 @@ class VTRModel(lmms):
         ``value`` is, with ``ll_value=mean_nll`` (default), the mean negative log-likelihood per
         continuation token: what lmms-eval's own llava models return and what its ``multiple_choice``
         scoring takes the *argmin* of. ``ll_value=sum_logprob`` returns the summed log-probability
-        (lm-eval-harness' meaning, for tasks that maximise it).
+        (lm-eval-harness' meaning: for tasks that maximise it, and for ``perplexity`` metrics, which
+        lmms-eval computes as ``exp(-mean(value))``).
         """
         out: list = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0]))
