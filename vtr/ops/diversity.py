@@ -1,7 +1,7 @@
 """Similarity and diversity selections over one view's tokens: pure tensor maths, no model.
 
 Shared by the diversity-based reducers (DivPrune, CDPruner, VisPruner, DART, VisionZip's merge, and
-vtr's own ``qdiv``). Every function works on one view at a time, so a batch-N call does exactly the
+vtr's own ``divrelay``). Every function works on one view at a time, so a batch-N call does exactly the
 arithmetic of N batch-1 calls (batch-N equals batch-1 bitwise), and breaks ties by the lower index.
 """
 from __future__ import annotations
