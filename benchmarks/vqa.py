@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +29,21 @@ def record(argv: list[str], seconds: float) -> None:
     info = machine_info(wall_seconds=None if resumed else round(seconds, 1), generate_seconds=round(generate, 1))
     summary["not_run"] = not_run(args, summary)
     write_json(ROOT / "benchmarks" / "results" / f"vqa_{args.task}.json", {"command": argv, "machine": info, **summary})
+    picture = args.out / args.task / "plot.png"
+    if picture.is_file():
+        (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(picture, ROOT / "benchmarks" / "results" / f"vqa_{args.task}.png")
     replace_section(ROOT / "BENCHMARKS.md", f"vqa-{args.task}", section(argv, summary, info, args.out / args.task))
+
+
+def flat_budgets(runs: list[dict]) -> dict[str, float]:
+    """Reducers whose runs below keep 1.0 all spent the same (mean visual tokens per decoder layer)."""
+    out = {}
+    for reducer in dict.fromkeys(r["reducer"] for r in runs if r["reducer"]):
+        spent = {round(r["visual_tokens_layer_mean"], 3) for r in runs if r["reducer"] == reducer and r["keep"] != 1.0}
+        if len([r for r in runs if r["reducer"] == reducer and r["keep"] != 1.0]) > 1 and len(spent) == 1:
+            out[reducer] = spent.pop()
+    return out
 
 
 def not_run(args, summary: dict) -> dict:
@@ -67,8 +82,15 @@ def section(argv: list[str], summary: dict, info: dict, folder: Path) -> str:
         + " Timings come from a shared machine (other jobs running): read the seconds column as rough.",
         "",
         table.strip(),
-        "",
     ]
+    flat = flat_budgets(runs)
+    if flat:
+        lines += ["", "Keep did not set the budget of " + ", ".join(
+            f"`{name}` (every keep < 1 spent {spent:.1f} visual tokens per layer)" for name, spent in flat.items())
+            + ": this harness runs each reducer as configured, without tuning adaptive ones to a budget "
+            "(`python -m benchmarks.accuracy` calibrates them with `vtr.calibrate` first)."]
+    if (folder / "plot.png").is_file():
+        lines += ["", f"![{summary['task']}: accuracy vs keep and vs FLOPs](benchmarks/results/vqa_{summary['task']}.png)"]
     if summary.get("not_run"):
         lines += ["", "Registered reducers not in this table:", ""]
         lines += [f"- `{name}`: {why}" for name, why in summary["not_run"].items()]

@@ -59,12 +59,12 @@ DESCRIPTION = "Evaluate visual-token reducers on a VQA benchmark (VQAv2, GQA, Te
 
 
 def build_parser(prog: str = "vtr eval") -> argparse.ArgumentParser:
-    layouts = "; ".join(f"{name}: {task.layout}" for name, task in TASKS.items())
-    return add_arguments(_Parser(prog=prog, description=DESCRIPTION, epilog=f"--data layouts: {layouts}"))
+    return add_arguments(_Parser(prog=prog, description=DESCRIPTION))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``vtr eval`` on ``parser`` (the ``vtr`` command's subparser, or a standalone one)."""
+    parser.epilog = "--data layouts: " + "; ".join(f"{name}: {task.layout}" for name, task in TASKS.items())
     parser.add_argument("--task", required=True, choices=list(TASKS), help="benchmark format")
     parser.add_argument("--data", type=Path, metavar="DIR", help="the task's files in their official layout (not for shapes)")
     parser.add_argument("--model", default=None, metavar="PATH_OR_ID",
