@@ -261,12 +261,14 @@ def video_file(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("family, tokens", [("video_llava", "2056 -> 216"), ("qwen2_vl", "-> ")])
-def test_run_video(capsys, video_file, family, tokens):
+@pytest.mark.parametrize("family, tokens, views", [("video_llava", "2056 -> 216", 8), ("qwen2_vl", "-> ", 4)])
+def test_run_video(capsys, video_file, tmp_path, family, tokens, views):
+    png = tmp_path / "frames.png"
     code, out, err = run_cli(capsys, "run", "--model", f"tiny:{family}", "--video", video_file, "--prompt", PROMPT,
-                             "--frames", "8", "--max-new-tokens", "2", "--overlay", "unused.png")
+                             "--frames", "8", "--max-new-tokens", "2", "--overlay", str(png))
     assert code == 0, err
-    assert tokens in out and "overlay: skipped" in out
+    assert tokens in out and f"overlay: {png} ({views} views)" in out  # one picture per frame (group)
+    assert png.exists()
 
 
 def test_video_to_an_image_model_or_missing_video_exits_2(capsys, video_file, image_file):

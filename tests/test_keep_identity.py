@@ -12,6 +12,8 @@ CASES = [("llava", "image"), ("llava_next", "image"), ("qwen2_vl", "image"), ("q
          ("video_llava", "image"), ("video_llava", "video")]
 #: settings a reducer needs to run offline on a tiny model (QuoTA: a scorer and the question, no CoT pass)
 NEEDS = {"quota": {"scorer": lambda frames, query: np.ones(len(frames)), "question": "what happens?"}}
+#: where the int-count form is checked too (one case per kind of view: image, AnyRes views, frames)
+COUNT_CASES = {("llava", "image"), ("llava_next", "image"), ("qwen2_vl", "video")}
 #: reducers that take one modality only
 VIDEO_ONLY = {"quota"}
 
@@ -20,7 +22,7 @@ VIDEO_ONLY = {"quota"}
 def case(request):
     family, kind = request.param
     model, processor = tiny_model(family)
-    inputs = example_inputs(processor, family, kind, batch=2, seed=1)
+    inputs = example_inputs(processor, family, kind, batch=1, seed=1)
     with torch.no_grad():
         reference = model(**inputs).logits
     return family, kind, model, inputs, reference
@@ -34,6 +36,8 @@ def supported(reducer: str, family: str, kind: str) -> bool:
 @pytest.mark.parametrize("keep", [1.0, 10**6], ids=["ratio", "count"])
 def test_every_reducer_is_the_identity_at_full_keep(case, keep):
     family, kind, model, inputs, reference = case
+    if isinstance(keep, int) and (family, kind) not in COUNT_CASES:
+        pytest.skip("the count form runs on one case per token layout (it takes the ratio's code path after rounding)")
     ran = []
     for reducer in vtr.list_reducers():
         if not supported(reducer, family, kind):

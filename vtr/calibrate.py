@@ -41,6 +41,10 @@ def calibrate(model, samples: Iterable[dict], target_keep: float | None = None, 
               max_steps: int = 24) -> Calibration:
     """Tune ``model.vtr.config.scale`` (e.g. ATP-TF's top-p exponent) by bisection on its logarithm.
 
+    ``atp``'s default ``budget="sample"`` meets ``keep`` on every row without tuning: then nothing is
+    tuned (``target_keep``, when given, becomes ``keep``) and the result reports what the samples
+    achieve. Calibration is for ``budget="mean"``, whose counts follow the top-p masses freely.
+
     Args:
         model: a model patched with a reducer whose config has ``scale``, where a larger scale keeps
             fewer tokens.
@@ -50,15 +54,27 @@ def calibrate(model, samples: Iterable[dict], target_keep: float | None = None, 
     the result is also stored at ``model.vtr.calibration``.
     """
     from vtr.api import is_patched
+    from vtr.config import check_keep
 
     if not is_patched(model) or not hasattr(model.vtr.config, "scale"):
         raise ValueError("calibrate needs a model patched with an adaptive reducer that has a 'scale' setting (e.g. 'atp')")
     samples = list(samples)
     if not samples:
         raise ValueError("calibrate needs at least one sample")
-    target = float(model.vtr.config.keep if target_keep is None else target_keep)
-    if not 0 < target <= 1:
-        raise ValueError(f"target_keep must be in (0, 1], got {target_keep!r}")
+    keep = model.vtr.config.keep
+    if target_keep is None and isinstance(keep, int):
+        raise ValueError(f"calibrate aims at a share; keep={keep} is a count: pass target_keep (a ratio in (0, 1])")
+    target = check_keep(keep if target_keep is None else target_keep, "target_keep", counts=False)
+    if getattr(model.vtr.config, "budget", "mean") == "sample":
+        # every row already meets keep by construction: report what the samples achieve, tune nothing
+        if target_keep is not None and target_keep != keep:
+            model.vtr.config.keep = target
+        shares = measure(model, samples)
+        mean = sum(shares) / len(shares)
+        std = (sum((s - mean) ** 2 for s in shares) / len(shares)) ** 0.5
+        result = Calibration(model.vtr.config.scale, target, mean, std, shares, abs(mean - target) <= tolerance)
+        model.vtr.calibration = result
+        return result
     low, high = math.log(1e-3), math.log(1e3)  # share decreases as log-scale grows
     best = None
     for _ in range(max_steps):

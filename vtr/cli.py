@@ -226,15 +226,21 @@ def load_media(args):
 
 
 def cmd_run(args) -> int:
+    import dataclasses
+
     import torch
 
     import vtr
 
     config = make_reducer_config(args)
+    if args.overlay:
+        check_writable(args.overlay)  # before the model runs, not after
     kind, media = load_media(args)
     model, processor, note = load_model(args.model)
-    try:
-        vtr.patch(model, config)
+    if getattr(config, "processor", False) is None:  # reducers that prompt the model themselves (QuoTA)
+        config.processor = processor
+    try:  # by name: a config class may be shared by several registered reducers
+        vtr.patch(model, args.reducer, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
     except (TypeError, ValueError) as error:
         raise UsageError(f"--model: {error}") from None
 
@@ -252,10 +258,14 @@ def cmd_run(args) -> int:
                          f"{', '.join(video_families)}")
     try:
         start = time.perf_counter()
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        try:
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        except (TypeError, ValueError) as error:  # vtr refuses this input for this reducer/model, naming why
+            raise UsageError(f"--reducer {args.reducer}: {first_line(error)}") from None
         generate_seconds = time.perf_counter() - start
         stats = model.vtr.stats
+        pictures = make_overlay(model, inputs, processor) if args.overlay else None
     finally:
         vtr.unpatch(model)
     answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
@@ -265,16 +275,17 @@ def cmd_run(args) -> int:
     print(f"answer: {answer}")
     print(f"reducer: {config_line(stats.reducer, config)}")
     print(f"visual tokens: {sum(stats.visual_tokens_in)} -> {sum(stats.visual_tokens_out)} ({stats.keep_ratio:.1%} kept)")
+    if any(stage.startswith("llm_layer_") for stage in stats.stages):  # pruned inside the LLM: per-layer counts
+        shares = stats.layer_share
+        print(f"visual tokens per decoder layer: {sum(shares) / max(1, len(shares)):.1%} of the input on average")
     print(f"prefill FLOPs ratio: {stats.flops_ratio:.3f} (analytic, LLM prefill only)")
     print(
         f"timings: vision {stats.seconds.get('vision', 0.0):.3f} s, select {stats.seconds.get('select', 0.0):.4f} s, "
         f"generate total {generate_seconds:.3f} s"
     )
-    if args.overlay and kind == "video":
-        print("overlay: skipped (overlays are drawn for images only)")
-    elif args.overlay:
-        write_overlay(args.overlay, inputs, stats, processor)
-        print(f"overlay: {args.overlay}")
+    if pictures is not None:
+        write_overlay(args.overlay, pictures)
+        print(f"overlay: {args.overlay} ({len(pictures[0])} view{'s' if len(pictures[0]) != 1 else ''})")
     return 0
 
 
@@ -284,18 +295,42 @@ def config_line(name: str, config) -> str:
     return f"{name} (" + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()) + ")"
 
 
-def write_overlay(path: str, inputs, stats, processor) -> None:
-    from vtr.media.overlay import overlays_from_stats
+def check_writable(path: str) -> None:
+    """``--overlay`` must name a file that can be written (its folder is created if missing)."""
+    import os
 
-    image_processor = processor.image_processor
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"--overlay: {path!r} is a folder; pass a file name such as kept.png")
+    folder = target.parent
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or (
+            target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"--overlay: cannot write {path!r} (no write permission in {str(existing)!r})")
+
+
+def make_overlay(model, inputs, processor):
+    """``(pictures, titles)`` of every view of the call just made (see :func:`vtr.media.overlay.call_overlays`)."""
+    from vtr.media.overlay import call_overlays
+
     try:
-        pictures = overlays_from_stats(
-            inputs["pixel_values"], stats, image_processor.image_mean, image_processor.image_std,
-            rescale_factor=getattr(image_processor, "rescale_factor", 1 / 255), outline=(255, 220, 0), scale=2,
-        )
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pictures[0].save(path, format="PNG")  # one image per call here, so one view
-    except (OSError, ValueError) as error:
+        pictures, titles = call_overlays(model, inputs, processor, outline=(255, 220, 0), scale=2)
+    except ValueError as error:
+        raise UsageError(f"--overlay: {first_line(error)}") from None
+    return pictures, titles
+
+
+def write_overlay(path: str, pictures) -> None:
+    from vtr.media.overlay import side_by_side
+
+    images, titles = pictures
+    try:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if len(images) == 1:
+            images[0].save(Path(path).expanduser(), format="PNG")
+        else:
+            side_by_side(images, titles, Path(path).expanduser())
+    except OSError as error:
         raise UsageError(f"--overlay: {error}") from None
 
 

@@ -214,3 +214,111 @@ def side_by_side(
     if path is not None:
         canvas.save(path, format="PNG")
     return canvas
+
+
+# -- every view of a patched call ------------------------------------------------------------------
+
+def call_overlays(model, inputs, processor, **options) -> tuple[list[Image.Image], list[str]]:
+    """One picture (and a title) per view of the last patched call ``model(**inputs)``.
+
+    Works for every family and input kind: LLaVA-1.5 images, LLaVA-NeXT views (the thumbnail, and each
+    crop drawn on its full tile, the patches that unpadding removed dimmed like pruned ones), Qwen2-VL
+    images and frame groups (the group's first frame), Video-LLaVA images and video frames. For a
+    reducer with a pre-LLM stage it draws ``stats.views``; for an in-LLM reducer (``fastv``, ``atp``) the
+    visual tokens the LLM kept at its first pruning layer (``stats.llm_columns``), mapped back to patches.
+    The view layout comes from the adapter, which encodes ``inputs`` once more (no LLM pass).
+    ``options`` go to :func:`overlay`. Raises ``ValueError`` where there is nothing to draw.
+    """
+    from vtr.signals import Signal
+
+    handle, stats = model.vtr, model.vtr.stats
+    if stats is None:
+        raise ValueError("no kept-patch record: run a patched generate/forward with an image or video first")
+    with torch.no_grad():
+        encoded = handle.adapter.encode(dict(inputs))
+    if not encoded:
+        raise ValueError("the call had no image or video: nothing to draw")
+    views, pixels, layouts = [], [], []
+    for e in encoded:
+        visual = e.visual
+        views += visual.views
+        pixels += list(visual.view_pixels()) if visual.view_pixels is not None else [None] * len(visual.views)
+        has_layout = Signal.ANYRES_LAYOUT.value in visual.signals.available
+        layouts += [t.tolist() for t in visual.signal(Signal.ANYRES_LAYOUT)] if has_layout else [None] * len(visual.views)
+    if stats.views:
+        kept = [record.kept for record in stats.views]
+    elif stats.llm_columns:
+        kept = llm_kept_patches(stats, inputs["input_ids"], encoded)
+    else:
+        raise ValueError(f"reducer {stats.reducer!r} recorded no kept tokens for this call")
+    if len(kept) != len(views):
+        raise ValueError(f"{len(kept)} kept-patch records for {len(views)} views")
+    image_processor = getattr(processor, "image_processor", None) or processor
+    normalisation = {"mean": image_processor.image_mean, "std": image_processor.image_std,
+                     "rescale_factor": getattr(image_processor, "rescale_factor", 1 / 255)}
+    pictures, titles = [], []
+    for index, (view, source, layout, kept_patches) in enumerate(zip(views, pixels, layouts, kept)):
+        grid = view.grid
+        if layout is not None:  # LLaVA-NeXT: the view's tile of pixel_values (B_images, V, 3, H, W)
+            image, crop_row, crop_col, grid_rows, grid_cols, row0, col0, rows, cols = layout
+            source = inputs["pixel_values"][image, 0 if crop_row < 0 else 1 + crop_row * grid_cols + crop_col]
+            if crop_row >= 0:
+                side = next(views[v].grid[0] for v, l in enumerate(layouts) if l[0] == image and l[1] < 0)
+                grid, kept_patches = tile_grid(view.grid, kept_patches, side, (grid_rows, grid_cols), (crop_row, crop_col),
+                                               (row0, col0), (rows, cols))
+            titles.append(f"image {image} " + ("thumbnail" if crop_row < 0 else f"crop {crop_row},{crop_col}"))
+        else:
+            if source is None:  # one view per image (LLaVA-1.5)
+                source = inputs["pixel_values"][index]
+            titles.append(f"view {index}" + (f" (frame {view.frame})" if view.frame >= 0 else ""))
+        pictures.append(overlay(source, grid, kept_patches, **normalisation, **options))
+    return pictures, titles
+
+
+def tile_grid(grid, kept, side: int, crops, cell, origin, unpadded) -> tuple[tuple[int, int], torch.Tensor]:
+    """A crop view's kept patches placed on its full ``side × side`` tile: ``((side, side), kept)``.
+
+    The view holds the crop's patches that survive unpadding: a ``grid`` rectangle whose top-left is
+    ``origin`` in the image's unpadded stitched grid of ``unpadded`` patches. transformers unpads
+    symmetrically, so the padded stitched grid (``crops`` tiles of ``side``) lost ``(padded - unpadded) / 2``
+    rows (columns) at its top (left).
+    """
+    top = (crops[0] * side - unpadded[0]) // 2 + origin[0] - cell[0] * side
+    left = (crops[1] * side - unpadded[1]) // 2 + origin[1] - cell[1] * side
+    kept = torch.as_tensor(kept).long()
+    rows, cols = kept // grid[1] + top, kept % grid[1] + left
+    return (side, side), rows * side + cols
+
+
+def llm_kept_patches(stats, input_ids: torch.Tensor, encoded) -> list[torch.Tensor]:
+    """Per view, the patch indices the LLM kept at the first in-LLM pruning layer.
+
+    The LLM input is the caller's prompt (in-LLM reducers have no pre-LLM stage). Each segment (a run of
+    one placeholder id in a row) takes the next run of that id's columns; its views take its tokens in
+    view order, ``n_prefix`` prefix tokens first, unless the adapter maps each view's patches to rows of
+    the segment (``view_rows``: LLaVA-NeXT, whose views interleave with ``image_newline`` tokens).
+    """
+    survivors = stats.llm_columns[min(stats.llm_columns)]
+    used: dict[tuple[int, int], int] = {}
+    kept = []
+    for e in encoded:
+        runs = []
+        for segment in e.segments:  # the prompt columns of each segment
+            columns = (input_ids[segment.sample].cpu() == segment.token_id).nonzero().squeeze(1)
+            start = used.get((segment.sample, segment.token_id), 0)
+            used[(segment.sample, segment.token_id)] = start + segment.n_tokens
+            runs.append(columns[start:start + segment.n_tokens])
+        view_rows, image_views = getattr(e, "view_rows", None), getattr(e, "image_views", None)
+        if view_rows and image_views:
+            owner = {v: i for i, views in enumerate(image_views) for v in views}
+            patch_columns = [runs[owner[v]][view_rows[v].cpu()] for v in range(len(e.visual.views))]
+        else:
+            patch_columns, run, offset = [], 0, 0
+            for view in e.visual.views:
+                while offset >= len(runs[run]):
+                    run, offset = run + 1, 0
+                patch_columns.append(runs[run][offset + view.n_prefix:offset + view.n_tokens])
+                offset += view.n_tokens
+        for view, columns in zip(e.visual.views, patch_columns):
+            kept.append(torch.isin(columns, survivors[view.sample].cpu()).nonzero().squeeze(1))
+    return kept
