@@ -78,14 +78,16 @@ def plot(path: Path, task: str, headline: Sequence[str], runs: Sequence[dict]) -
     fig, axes = plt.subplots(len(metrics), 2, figsize=(10, 3.6 * len(metrics)), squeeze=False)
     unpruned = next((r for r in runs if r["reducer"] is None), None)
     reducers = list(dict.fromkeys(r["reducer"] for r in runs if r["reducer"] is not None))
+    markers = "osD^v<>ph*"
     for row, metric in zip(axes, metrics):
-        for reducer in reducers:
+        for i, reducer in enumerate(reducers):
             mine = sorted((r for r in runs if r["reducer"] == reducer and r["headline"].get(metric) is not None),
                           key=lambda r: r["keep"])
             if not mine:
                 continue
-            row[0].plot([r["keep"] for r in mine], [r["headline"][metric] for r in mine], "o-", label=reducer)
-            row[1].plot([r["flops_ratio"] for r in mine], [r["headline"][metric] for r in mine], "o-", label=reducer)
+            style = dict(marker=markers[i % len(markers)], color=plt.cm.tab20(i % 20), label=reducer)
+            row[0].plot([r["keep"] for r in mine], [r["headline"][metric] for r in mine], "-", **style)
+            row[1].plot([r["flops_ratio"] for r in mine], [r["headline"][metric] for r in mine], "-", **style)
         if unpruned is not None and unpruned["headline"].get(metric) is not None:
             for ax in row:
                 ax.axhline(unpruned["headline"][metric], color="grey", linestyle="--", label="unpruned")
@@ -95,7 +97,7 @@ def plot(path: Path, task: str, headline: Sequence[str], runs: Sequence[dict]) -
         for ax in row:
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8)
+        row[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"{task}: metric vs keep and vs FLOPs")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
