@@ -207,3 +207,9 @@ class Adapter:
     def gather_positions(self, position_ids: torch.Tensor, columns: list[torch.Tensor], side: str) -> torch.Tensor:
         """Gather ``(B, N)`` position ids (families with 3-D positions override this)."""
         return gather_columns(position_ids, columns, 0, side)
+
+    def continue_positions(self, last_positions: torch.Tensor, valid_lengths: torch.Tensor) -> None:
+        """After a patched ``generate``: leave the model's own position state consistent with the reduced
+        cache (``last_positions``: ``(B,)`` or ``(R, B)`` position of the last cached slot; ``valid_lengths``:
+        ``(B,)`` real, unpadded slots per row). Families whose model keeps such state (Qwen2-VL's
+        ``rope_deltas``) override this."""

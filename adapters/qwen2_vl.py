@@ -347,6 +347,14 @@ class Qwen2VLAdapter(Adapter):
             return rope
         return torch.cat([self.text_positions(input_ids, mask)[None], rope], dim=0)
 
+    def continue_positions(self, last_positions: torch.Tensor, valid_lengths: torch.Tensor) -> None:
+        """Set ``model.model.rope_deltas`` (``(B, 1)``) as the unpatched model defines it for its own cache
+        (next position = real cached tokens + delta), here for the reduced cache: the model's own numbering of
+        a token after the cache (Qwen2-VL's decode path without ``position_ids``) continues after the last
+        cached position."""
+        rope = last_positions[-3:] if last_positions.ndim == 2 else last_positions[None]
+        self.model.model.rope_deltas = (rope.amax(dim=0) + 1 - valid_lengths.to(rope.device))[:, None]
+
     def gather_positions(self, position_ids: torch.Tensor, columns: list[torch.Tensor], side: str) -> torch.Tensor:
         """Gather ``(B, N)`` or ``(R, B, N)`` position ids (R = 3 M-RoPE rows, or 4 with text first)."""
         return gather_columns(position_ids, columns, 0, side, batch_dim=0 if position_ids.ndim == 2 else 1)

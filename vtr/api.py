@@ -7,21 +7,23 @@ was there, so an unpatched model is bitwise the model that was patched.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
+import threading
 from typing import Any, Iterator
 
 import torch
 
 from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
+from vtr.engine import continuation
 from vtr.engine.in_llm import llm_stage, loss_on_kept, record_llm_stage
 from vtr.engine.pre_llm import check_positions, check_signals, reduce_call
 from vtr.config import ReducerConfig, model_info
 from vtr.registry import make_config
 from vtr.stats import ReductionStats
 
-_MISSING = object()
+#: "the instance had no attribute of that name" (a string, so copies of a handle compare equal to it)
+_MISSING = "<vtr: no instance attribute>"
 _WRAPPED = ("forward", "generate")
 
 
@@ -43,7 +45,7 @@ class VTRHandle:
         self.config = config
         self.stats: ReductionStats | None = None
         self._saved: dict[str, Any] = {}
-        self._in_generate = False
+        self._local, self._lock = threading.local(), threading.RLock()
 
     @property
     def reducer(self) -> str:
@@ -72,59 +74,132 @@ class VTRHandle:
     def original_forward(self):
         """The model's forward as it was before patching: runs without any reduction (for reducers
         that consult the model itself, such as QuoTA's scorer, without re-entering the patch)."""
-        return self._original_forward
+        return self._original("forward")
+
+    # -- per-call state and copies ---------------------------------------------------------------
+    @property
+    def _in_generate(self) -> bool:
+        """True inside this thread's patched ``generate`` (its own forward steps are already reduced)."""
+        return getattr(self._local, "in_generate", False)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_local", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        # a copy (copy.deepcopy, pickle, torch.save) gets its own lock and per-thread state
+        self.__dict__.update(state)
+        self._local, self._lock = threading.local(), threading.RLock()
+
+    def _original(self, name: str):
+        """The model's ``name`` method as it was before patching, bound to this handle's model."""
+        saved = self._saved.get(name, _MISSING)
+        if not is_missing(saved):
+            return saved
+        return getattr(type(self._model), name).__get__(self._model)
 
     # -- installation ---------------------------------------------------------------------------
     def _install(self) -> None:
         model = self._model
         for name in _WRAPPED:
             self._saved[name] = model.__dict__.get(name, _MISSING)
-        original_forward, original_generate = model.forward, model.generate
-        self._original_forward = original_forward
+            model.__dict__[name] = PatchedMethod(self, name)
+        model.vtr = self
 
-        @functools.wraps(original_forward)  # generate inspects forward's signature
-        def forward(*args, **kwargs):
-            if self._in_generate:  # generate's own prefill/decode steps: already reduced
-                return original_forward(*args, **kwargs)
-            call = bind_arguments(original_forward, args, kwargs)
+    def _forward(self, *args, **kwargs):
+        original_forward = self._original("forward")
+        if self._in_generate:  # generate's own prefill/decode steps: already reduced
+            return original_forward(*args, **kwargs)
+        call = bind_arguments(original_forward, args, kwargs)
+        with self._lock:  # one patched call at a time per model (hooks and stats are per model)
             reduced = reduce_call(self, call, for_generate=False)
             with llm_stage(self, reduced) as engine:
                 labels = reduced.pop("labels", None) if engine is not None else None
                 output = original_forward(**reduced)
             record_llm_stage(self.stats, engine, self.adapter.text_config)
-            if labels is not None:  # logits cover the kept rows only; align the labels with them
-                output.loss = loss_on_kept(model, output.logits, labels, engine)
-            return output
+        if labels is not None:  # logits cover the kept rows only; align the labels with them
+            output.loss = loss_on_kept(self._model, output.logits, labels, engine)
+        return output
 
-        @functools.wraps(original_generate)
-        def generate(*args, **kwargs):
-            call = bind_arguments(original_generate, args, kwargs)
-            if call.get("inputs") is not None and call.get("input_ids") is None:
-                call["input_ids"] = call.pop("inputs")
-            prompt = call.get("input_ids")
-            with torch.no_grad():
-                reduced = reduce_call(self, call, for_generate=True)
-            self._in_generate = True
-            try:
-                with llm_stage(self, reduced) as engine:
-                    output = original_generate(**reduced)
-            finally:
-                self._in_generate = False
+    def _generate(self, *args, **kwargs):
+        original_generate = self._original("generate")
+        call = bind_arguments(original_generate, args, kwargs)
+        if call.get("inputs") is not None and call.get("input_ids") is None:
+            call["input_ids"] = call.pop("inputs")
+        prompt = call.get("input_ids")
+        with self._lock:
+            return self._generate_locked(original_generate, call, prompt)
+
+    def _generate_locked(self, original_generate, call: dict, prompt):
+        cmap = continuation.map_of(continuation.cache_of(call))
+        with torch.no_grad():
+            if cmap is not None:  # a later turn: the cache holds reduced slots (see vtr.engine.continuation)
+                reduced, columns = continuation.continue_call(self, call, cmap, self._reduce_with_columns)
+                stage = llm_stage(self, reduced, resume=cmap.engine)
+            else:
+                reduced, columns = self._reduce_with_columns(call)
+                stage = llm_stage(self, reduced)
+        self._local.in_generate = True
+        try:
+            with stage as engine:
+                output = original_generate(**reduced)
+        finally:
+            self._local.in_generate = False
+        if cmap is None:
             record_llm_stage(self.stats, engine, self.adapter.text_config)
-            return with_caller_prompt(output, prompt, reduced.get("input_ids"))
+        output = with_caller_prompt(output, prompt, reduced.get("input_ids"))
+        if prompt is not None and reduced.get("input_ids") is not None:
+            cache = getattr(output, "past_key_values", None) or continuation.cache_of(call)
+            sequences = output if isinstance(output, torch.Tensor) else output.sequences
+            continuation.record_map(self, cache, sequences, prompt.shape[1], reduced, columns, engine)
+        return output
 
-        model.forward, model.generate = forward, generate
-        model.vtr = self
+    def _reduce_with_columns(self, call: dict) -> tuple[dict, torch.Tensor | None]:
+        """``reduce_call`` for generate, plus ``(B, L')`` the caller column of each reduced column (``-1`` for
+        re-padding filler; ``None`` when the prompt is passed on unchanged)."""
+        reduced = reduce_call(self, call, for_generate=True)
+        if reduced.get("input_ids") is call.get("input_ids"):
+            return reduced, None
+        return reduced, torch.stack(self.stats.kept_columns).to(call["input_ids"].device)
 
     def _uninstall(self) -> None:
         model = self._model
         for name in _WRAPPED:
             saved = self._saved.get(name, _MISSING)
-            if saved is _MISSING:
+            if is_missing(saved):
                 model.__dict__.pop(name, None)
             else:
                 model.__dict__[name] = saved
         model.__dict__.pop("vtr", None)
+
+
+def is_missing(saved) -> bool:
+    return isinstance(saved, str) and saved == _MISSING
+
+
+class PatchedMethod:
+    """``forward``/``generate`` of a patched model, stored in the instance's ``__dict__``.
+
+    It holds the handle, not the original bound method, and resolves the model at call time: a copy of
+    the model (``copy.deepcopy``, ``pickle``, ``torch.save``) copies its handle with it and runs reduced
+    on its own weights. The signature is the original method's (``generate`` inspects ``forward``'s).
+    """
+
+    def __init__(self, handle: VTRHandle, name: str) -> None:
+        self.handle, self.name = handle, name
+        self.__name__ = self.__qualname__ = name
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.handle._original(self.name))
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self.handle, "_" + self.name)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<vtr-patched {self.name} of {type(self.handle.model).__name__} ({self.handle.reducer})>"
 
 
 def bind_arguments(fn, args: tuple, kwargs: dict) -> dict:
@@ -149,7 +224,11 @@ def with_caller_prompt(output, prompt: torch.Tensor | None, reduced_prompt: torc
     if prompt is None or reduced_prompt is None:
         return output
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
-    restored = torch.cat([prompt.to(sequences.device), sequences[:, reduced_prompt.shape[1]:]], dim=1)
+    if sequences.shape[0] % prompt.shape[0]:
+        raise RuntimeError(f"generate returned {sequences.shape[0]} rows for a batch of {prompt.shape[0]}")
+    # num_return_sequences repeats each prompt's row (repeat_interleave), so each copy gets its own prompt back
+    prompt = prompt.to(sequences.device).repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)
+    restored = torch.cat([prompt, sequences[:, reduced_prompt.shape[1]:]], dim=1)
     if isinstance(output, torch.Tensor):
         return restored
     output.sequences = restored

@@ -76,7 +76,9 @@ def make_config(reducer: str | ReducerConfig, overrides: dict[str, Any]) -> tupl
     """Resolve ``reducer`` (name or config object) plus keyword overrides into a validated config."""
     if isinstance(reducer, ReducerConfig):
         spec = spec_for_config(reducer)
-        base = dataclasses.asdict(reducer)
+        # field by field, not dataclasses.asdict: that deep-copies, duplicating a processor or a scorer
+        # holding a model; the caller's objects are kept by reference
+        base = {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer)}
     else:
         spec = get_spec(reducer)
         base = {}

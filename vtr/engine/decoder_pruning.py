@@ -59,6 +59,8 @@ class _Prefill:
     valid: torch.Tensor  # (B, n_cur) False for filler
     layers: dict = field(default_factory=dict)  # layer -> (cols, valid) after that layer's selection
     counts: dict = field(default_factory=dict)  # layer -> (B,) visual tokens processed
+    selections: dict = field(default_factory=dict)  # prune layer -> (position (B, m), real (B, m)) chosen there
+    prompt: int = 0  # columns of the planned prompt; later columns (assisted candidates, generated) are all kept
 
 
 def pad_left(rows: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +94,9 @@ class DecoderPruning:
         self.mask_2d = attention_mask
         self.eager = adapter.decoder_attention_implementation() == "eager"
         self.state: _Prefill | None = None
+        self.first_state: _Prefill | None = None  # the first prefill's state while a no-cache re-run replays it
+        self.group, self.prefill, self.replay = 1, True, False
+        self.mask_width: int | None = None  # key columns of the model's own 4-D mask in this step
         self.probes = {k: DecoderQKProbe(adapter.decoder_attention(k - 1)) for k in self.prune_layers}
         self._handles: list = []
 
@@ -113,24 +118,46 @@ class DecoderPruning:
     # -- hooks ------------------------------------------------------------------------------------
     def _on_text_model(self, module, args, kwargs) -> None:
         embeds = kwargs.get("inputs_embeds")
-        n = embeds.shape[1] if embeds is not None else args[0].shape[1]
+        x = embeds if embeds is not None else (args[0] if args else kwargs["input_ids"])
+        b, n = x.shape[:2]
         cache = kwargs.get("cache")
         mask = kwargs.get("attention_mask")
         prefill = cache is None or cache.get_seq_length() == 0
-        if prefill:
-            if n != self.visual_input.shape[1]:
-                raise RuntimeError("vtr: the LLM input length differs from the prompt it was planned for")
-            b = self.visual_input.shape[0]
-            key_ok = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else torch.ones(b, n, dtype=torch.bool)
-            cols = torch.arange(n).expand(b, -1).to(self.visual_input.device)
-            self.state = _Prefill(n, key_ok.to(cols.device), self.visual_input.bool(), cols, torch.ones_like(cols, dtype=torch.bool))
-        elif self.state is None:
-            raise RuntimeError("vtr in-LLM reducers need prefill and decoding in one generate() call")
-        self.prefill = prefill
+        self.prefill, self.replay = prefill, False
+        if not prefill:
+            if self.state is None:
+                raise RuntimeError("vtr in-LLM reducers need prefill and decoding in one generate() call, or a cache "
+                                   "returned by a patched generate()")
+            return
+        first = self.state
+        if first is not None and first.selections and cache is None and n >= first.n:
+            # generate(use_cache=False) re-runs the whole sequence each step: replay the selection made at
+            # the first prefill and keep every column added since, exactly what a cached decode attends to
+            self.replay = True
+        elif n < self.visual_input.shape[1]:
+            raise RuntimeError("vtr: the LLM input is shorter than the prompt it was planned for")
+        # n > planned: assisted decoding's first step appends candidate tokens; they are kept, and the
+        # selection reads the prompt's columns only, as an unassisted prefill would
+        if b % self.visual_input.shape[0]:
+            raise RuntimeError(f"vtr: batch {b} is not a multiple of the planned batch {self.visual_input.shape[0]}")
+        # generate expands rows for beams / num_return_sequences (repeat_interleave): ``group`` copies each
+        self.group = b // self.visual_input.shape[0]
+        visual = self.visual_input.repeat_interleave(self.group, dim=0).bool()
+        visual = torch.cat([visual, visual.new_zeros(b, n - visual.shape[1])], dim=1)  # replay: added columns are text
+        key_ok = mask.bool() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else torch.ones(b, n, dtype=torch.bool)
+        cols = torch.arange(n).expand(b, -1).to(visual.device)
+        state = _Prefill(n, key_ok.to(cols.device), visual, cols, torch.ones_like(cols, dtype=torch.bool),
+                         prompt=self.visual_input.shape[1])
+        if self.replay:
+            state.selections = first.selections
+            self.first_state = self.first_state or first
+        self.state = state
 
     def _layer_hook(self, i: int):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
+            mask = kwargs.get("attention_mask")
+            self.mask_width = mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None
             if self.prefill:
                 hidden = self._prefill_layer(i, hidden, kwargs)
             else:
@@ -146,7 +173,7 @@ class DecoderPruning:
     def _prefill_layer(self, i: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         st = self.state
         if i in self.probes:
-            position = self._select(i, hidden)  # (B, m) positions into the current sequence
+            position = self._replayed(i) if self.replay else self._select(i, hidden)  # (B, m) into the current sequence
             hidden = hidden.gather(1, position[..., None].expand(-1, -1, hidden.shape[-1]))
             self.probes[i].clear()
         cols, valid = st.cols, st.valid
@@ -154,21 +181,41 @@ class DecoderPruning:
         kwargs["position_embeddings"] = (self._gather_seq(cos, cols), self._gather_seq(sin, cols))
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = self._gather_positions(kwargs["position_ids"], cols)
+        keys, key_valid = self._layer_keys(i, kwargs.get("cache"), cols, valid, hidden.shape[1])
         kwargs["attention_mask"] = self._layer_mask(
-            kwargs.get("attention_mask"), cols, cols, valid, hidden.dtype, query_valid=valid)
+            kwargs.get("attention_mask"), cols, keys, key_valid, hidden.dtype, query_valid=valid)
         st.layers[i] = (cols, valid)
         st.counts[i] = (st.visual.gather(1, cols) & valid).sum(dim=1)
         return hidden
 
+    def _replayed(self, layer: int) -> torch.Tensor:
+        """Positions to keep before ``layer`` in a no-cache re-run: the first prefill's, plus every added column."""
+        st = self.state
+        chosen, real = st.selections[layer]
+        added = st.n - self.first_state.n
+        current = st.cols.shape[1]
+        tail = torch.arange(current - added, current, device=chosen.device).expand(chosen.shape[0], -1)
+        position = torch.cat([chosen, tail], dim=1)
+        st.cols = st.cols.gather(1, position)
+        st.valid = st.valid.gather(1, position) & torch.cat([real, torch.ones_like(tail, dtype=torch.bool)], dim=1)
+        return position
+
     def _select(self, layer: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
         st = self.state
-        key_valid = st.valid & st.key_ok.gather(1, st.cols)
-        visual = st.visual.gather(1, st.cols) & st.valid
+        added = st.n - self.visual_input.shape[1]  # columns after the planned prompt (all text, all kept)
+        width = st.cols.shape[1] - added  # they are the last ``added`` entries of every row
+        key_valid = (st.valid & st.key_ok.gather(1, st.cols))[:, :width]
+        visual = (st.visual.gather(1, st.cols) & st.valid)[:, :width]
+        attention = self.probes[layer].attention_of(st.cols, st.valid)
+        if added:
+            attention = LayerAttention(attention.q[:, :, :width], attention.k[:, :, :width], attention.scaling,
+                                       st.cols[:, :width], key_valid)
+        else:
+            attention.key_valid = key_valid
         context = LayerContext(
-            layer=layer, n_layers=len(self.layers),
-            attention=self.probes[layer].attention_of(st.cols, key_valid),
-            visual=visual, text=key_valid & ~visual, n_visual_input=st.visual.sum(dim=1), cols=st.cols,
-            hidden=hidden,
+            layer=layer, n_layers=len(self.layers), attention=attention,
+            visual=visual, text=key_valid & ~visual, n_visual_input=st.visual.sum(dim=1), cols=st.cols[:, :width],
+            hidden=None if hidden is None else hidden[:, :width],
         )
         chosen = self.reducer.llm_select(context)  # per row: positions of visual tokens to keep
         rows = []
@@ -176,8 +223,13 @@ class DecoderPruning:
             keep_visual = keep_visual.to(st.cols.device).long()
             if keep_visual.numel() and not bool(visual[b, keep_visual].all()):
                 raise RuntimeError(f"reducer {self.handle.reducer!r} selected a non-visual position at layer {layer}")
-            rows.append(torch.cat([(st.valid[b] & ~visual[b]).nonzero().squeeze(1), keep_visual]).sort().values)
+            text = (st.valid[b, :width] & ~visual[b]).nonzero().squeeze(1)
+            tail = torch.arange(width, width + added, device=text.device)
+            rows.append(torch.cat([torch.cat([text, keep_visual]).sort().values, tail]))
+        if self.group > 1:  # copies of one prompt (beams, num_return_sequences) share its first copy's selection
+            rows = [rows[b - b % self.group] for b in range(len(rows))]
         position, real = pad_left(rows, fill=0)
+        st.selections[layer] = (position, real)
         st.cols = st.cols.gather(1, position)
         st.valid = st.valid.gather(1, position) & real
         return position
@@ -187,15 +239,44 @@ class DecoderPruning:
         st = self.state
         cols, valid = st.layers[i]
         mask = kwargs.get("attention_mask")
-        if mask is None and bool(valid.all()):
+        cache = kwargs["cache"]
+        keys, key_valid = self._layer_keys(i, cache, cols, valid, hidden.shape[1])
+        if mask is None and bool(key_valid.all()):
             return  # every cached entry is real and the kernel needs no mask
         b, q = hidden.shape[:2]
-        total = st.n + (kwargs["cache"].get_seq_length(i) - cols.shape[1]) + q  # layer-0 length after this step
-        generated = torch.arange(st.n, total, device=cols.device).expand(b, -1)
-        keys = torch.cat([cols, generated], dim=1)
-        key_valid = torch.cat([valid, torch.ones_like(generated, dtype=torch.bool)], dim=1)
+        kept = cols.shape[1] - (st.n - st.prompt)  # entries of the planned prompt this layer kept
+        total = st.prompt + (int(cache.layers[i].get_seq_length()) - kept) + q  # layer-0 length after this step
         queries = torch.arange(total - q, total, device=cols.device).expand(b, -1)
         kwargs["attention_mask"] = self._layer_mask(mask, queries, keys, key_valid, hidden.dtype, gather_rows=False)
+
+    def _layer_keys(self, i: int, cache, cols: torch.Tensor, valid: torch.Tensor, q: int):
+        """Layer-0 column and validity of every key slot layer ``i`` attends to in this step.
+
+        Layer ``i`` caches its ``m`` kept entries of the planned prompt (``N`` columns) in slots ``[0, m)`` and
+        every later token right after them (assisted candidates, generated tokens, a continuation's new turn:
+        never pruned, and only ever cropped from the end), so slot ``m + j`` holds layer-0 column ``N + j``. A dynamic cache attends to its filled slots
+        plus the step's queries; a static cache to its whole buffer (slots past the model's mask are empty).
+
+        Returns ``keys (B, K)`` and ``key_valid (B, K)``.
+        """
+        st, m = self.state, cols.shape[1]
+        layers = getattr(cache, "layers", None) if cache is not None else None
+        layer = layers[i] if layers is not None and i < len(layers) else None
+        if layer is None:  # no cache (or a legacy one): the keys are this step's entries plus what was cached
+            width = m if self.prefill else m + q
+        elif self.prefill and not getattr(layer, "is_initialized", True):
+            width = int(getattr(layer, "max_cache_len", m))  # a static layer attends to its whole buffer
+        else:
+            width = int(layer.get_mask_sizes(q)[0])
+        m = m - (st.n - st.prompt)
+        if width <= m:
+            return cols[:, :width], valid[:, :width]
+        cols, valid = cols[:, :m], valid[:, :m]
+        later = torch.arange(st.prompt, st.prompt + width - m, device=cols.device).expand(cols.shape[0], -1)
+        limit = self.mask_width if self.mask_width is not None else later.max() + 1
+        keys = torch.cat([cols, later.clamp(max=limit - 1)], dim=1)
+        key_valid = torch.cat([valid, later < limit], dim=1)
+        return keys, key_valid
 
     # -- helpers ----------------------------------------------------------------------------------
     def _layer_mask(self, mask, rows, keys, key_valid, dtype, gather_rows: bool = True, query_valid=None):
@@ -251,7 +332,7 @@ class DecoderPruning:
 
     def visual_counts_per_layer(self) -> torch.Tensor:
         """``(B, n_layers)`` visual tokens each decoder layer processed at prefill."""
-        st = self.state
+        st = self.stats_state
         first = st.visual.sum(dim=1)
         counts, current = [], first
         for i in range(len(self.layers)):
@@ -261,7 +342,7 @@ class DecoderPruning:
 
     def tokens_per_layer(self) -> torch.Tensor:
         """``(B, n_layers)`` real tokens (text + visual) each layer processed at prefill."""
-        st = self.state
+        st = self.stats_state
         real = st.key_ok.sum(dim=1)
         out, current = [], real
         for i in range(len(self.layers)):
@@ -272,7 +353,19 @@ class DecoderPruning:
         return torch.stack(out, dim=1)
 
     def final_columns(self) -> torch.Tensor | None:
-        """``(B, m)`` LLM-input columns behind the output rows, ``None`` when nothing was pruned."""
-        if self.state is None or not self.state.layers:
+        """``(B, m)`` LLM-input columns behind the prompt's output rows, ``None`` when nothing was pruned."""
+        st = self.stats_state
+        if st is None or not st.layers:
             return None
-        return self.state.cols
+        return self.prompt_part(st.cols)
+
+    def prompt_part(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, m, ...)`` of the stats state without the columns added after the planned prompt
+        (assisted decoding's candidates, which every row keeps at its end)."""
+        st = self.stats_state
+        return x[:, :x.shape[1] - (st.n - self.visual_input.shape[1])]
+
+    @property
+    def stats_state(self) -> _Prefill | None:
+        """The state of the call's first prefill (what the stats report)."""
+        return self.first_state or self.state

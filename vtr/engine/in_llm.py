@@ -9,11 +9,22 @@ from vtr.engine.decoder_pruning import DecoderPruning
 from vtr.ops.flops import prefill_flops
 
 
-def llm_stage(handle, call: dict):
+_FRESH = object()
+
+
+def llm_stage(handle, call: dict, resume=_FRESH):
     """A context that prunes inside the LLM for this call, or a no-op when the reducer has no such stage.
 
-    ``call``: the kwargs the model will get (after any pre-LLM reduction).
+    ``call``: the kwargs the model will get (after any pre-LLM reduction). ``resume``: the engine state a
+    cache returned by an earlier patched generate carries (a continuation decodes from it and prunes
+    nothing new; ``None``: that call pruned nothing inside the LLM).
     """
+    if resume is not _FRESH:
+        if resume is None:
+            return contextlib.nullcontext(None)
+        engine = DecoderPruning(handle, resume.visual, None)
+        engine.state = resume
+        return engine
     reducer = handle.spec.reducer_class(handle.config)
     input_ids = call.get("input_ids")
     if input_ids is None or not reducer.llm_layers(handle.adapter.text_config.num_hidden_layers):
@@ -27,7 +38,7 @@ def llm_stage(handle, call: dict):
 
 def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
     """Per-layer visual counts, the in-LLM stages, the final kept columns and FLOPs after."""
-    if engine is None or engine.state is None or not engine.state.layers:
+    if engine is None or engine.stats_state is None or not engine.stats_state.layers:
         return
     per_layer = engine.visual_counts_per_layer()  # (B, L)
     stats.visual_tokens_per_layer = per_layer.tolist()
@@ -37,11 +48,11 @@ def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
     tokens = engine.tokens_per_layer()
     stats.prefill_flops_after = sum(prefill_flops(text_config, row) for row in tokens.tolist())
     for k in engine.prune_layers:
-        cols, valid = engine.state.layers[k]
+        cols, valid = (engine.prompt_part(t) for t in engine.stats_state.layers[k])
         stats.llm_columns[k] = [c.masked_fill(~v, -1).cpu() for c, v in zip(cols, valid)]
     final = engine.final_columns()
     if stats.kept_columns:  # compose with the pre-LLM columns: caller's prompt ← LLM input ← final rows
-        valid = engine.state.valid.cpu()  # filler rows of ragged batches map to -1
+        valid = engine.prompt_part(engine.stats_state.valid).cpu()  # filler rows of ragged batches map to -1
         stats.kept_columns = [pre[c.cpu()].masked_fill(~v, -1) for pre, c, v in zip(stats.kept_columns, final, valid)]
         # (pre-LLM columns are padded to the LLM input's width, so LLM columns index them directly)
 

@@ -1,0 +1,289 @@
+"""Every ``generate`` mode on a patched model, against independent references.
+
+References: the unpatched model (``keep=1.0``), batch-1 runs (for rows expanded by beams and
+``num_return_sequences``), and the patched model's own plain cached greedy run (for modes that must
+not change the result: no cache, static cache, assisted decoding).
+"""
+import pytest
+import torch
+
+import vtr
+from helpers import special_ids
+from vtr.testing import example_inputs, tiny_model
+
+FAMILIES = ["llava", "qwen2_vl"]
+IN_LLM = {"fastv": {"keep": 0.5, "layer": 1}, "aim": {"keep": 0.5}, "atp": {}}
+#: reducers that need another family or video input than the llava image case below
+OTHER_FAMILY = {"globalcom2", "quota"}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request):
+    model, processor = tiny_model(request.param)
+    return request.param, model, processor
+
+
+def greedy(model, inputs, n=3, **kwargs):
+    out = model.generate(**inputs, max_new_tokens=n, do_sample=False, suppress_tokens=special_ids(model),
+                         return_dict_in_generate=True, output_logits=True, **kwargs)
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny_model("llava")
+
+
+@pytest.mark.parametrize("reducer", sorted(set(vtr.list_reducers()) - OTHER_FAMILY))
+def test_num_return_sequences_returns_the_prompt_on_every_row(llava, reducer):
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=2, seed=2)
+    with vtr.patched(model, reducer):
+        torch.manual_seed(0)
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=True, num_return_sequences=2,
+                             suppress_tokens=special_ids(model))
+    width = inputs["input_ids"].shape[1]
+    assert out.shape == (4, width + 2)
+    assert torch.equal(out[:, :width], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
+@pytest.mark.parametrize("reducer", ["fastervlm", "fastv"])
+def test_identity_with_beams_and_sampling(family_model, reducer):
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=1)
+    modes = [dict(num_beams=2, num_return_sequences=2, do_sample=False),
+             dict(do_sample=True, num_return_sequences=2, top_k=5)]
+    references = []
+    for mode in modes:
+        torch.manual_seed(0)
+        references.append(model.generate(**inputs, max_new_tokens=3, suppress_tokens=special_ids(model), **mode))
+    with vtr.patched(model, reducer, keep=1.0):
+        for mode, reference in zip(modes, references):
+            torch.manual_seed(0)
+            out = model.generate(**inputs, max_new_tokens=3, suppress_tokens=special_ids(model), **mode)
+            assert torch.equal(out, reference), mode
+
+
+@pytest.mark.parametrize("reducer", ["fastervlm", *IN_LLM])
+def test_beams_batch_equals_single(family_model, reducer):
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=4)
+    settings = IN_LLM.get(reducer, {"keep": 0.25})
+    with vtr.patched(model, reducer, **settings):
+        out = model.generate(**inputs, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False,
+                             suppress_tokens=special_ids(model))
+        width = inputs["input_ids"].shape[1]
+        for b in range(2):
+            single = example_inputs(processor, family, "image", batch=1, seed=4 + b)
+            one = model.generate(**single, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False,
+                                 suppress_tokens=special_ids(model))
+            assert torch.equal(out[2 * b:2 * b + 2, width:], one[:, single["input_ids"].shape[1]:])
+            assert torch.equal(out[2 * b:2 * b + 2, :width], inputs["input_ids"][b:b + 1].expand(2, -1))
+
+
+@pytest.mark.parametrize("reducer", sorted(IN_LLM))
+def test_in_llm_modes_equal_cached_greedy(family_model, reducer):
+    """No cache, a static cache and assisted decoding (prompt lookup, an assistant model) give the cached
+    greedy result: the selection is made once, on the prompt, and decoding attends to what was kept."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=5)
+    single = example_inputs(processor, family, "image", batch=1, seed=5)  # assisted decoding takes batch 1
+    assistant, _ = tiny_model(family, seed=1)
+    with vtr.patched(model, reducer, **IN_LLM[reducer]):
+        seq, logits = greedy(model, inputs)
+        assert model.vtr.stats.visual_tokens_out < model.vtr.stats.visual_tokens_in
+        for mode in (dict(use_cache=False), dict(cache_implementation="static")):
+            seq2, logits2 = greedy(model, inputs, **mode)
+            assert torch.equal(seq2, seq), mode
+            torch.testing.assert_close(logits2, logits, rtol=0, atol=1e-5)
+        seq1, logits1 = greedy(model, single)
+        for mode in (dict(prompt_lookup_num_tokens=2), dict(assistant_model=assistant)):
+            seq2, logits2 = greedy(model, single, **mode)
+            assert torch.equal(seq2, seq1), list(mode)
+            torch.testing.assert_close(logits2, logits1, rtol=0, atol=1e-5)
+
+
+# -- multi-turn: sequences + past_key_values back into generate -------------------------------------------
+VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+def next_turn(inputs, sequences, new):
+    """The caller's kwargs for the next turn: the returned sequences, then ``new`` ``(B, T)`` token ids."""
+    ids = torch.cat([sequences, new], dim=1)
+    turn = {"input_ids": ids, "attention_mask": torch.cat(
+        [inputs["attention_mask"], torch.ones_like(ids[:, inputs["input_ids"].shape[1]:])], dim=1)}
+    if "mm_token_type_ids" in inputs:
+        turn["mm_token_type_ids"] = torch.cat(
+            [inputs["mm_token_type_ids"], torch.zeros_like(ids[:, inputs["input_ids"].shape[1]:])], dim=1)
+    return turn
+
+
+def dict_greedy(model, inputs, n, **kwargs):
+    return model.generate(**inputs, max_new_tokens=n, do_sample=False, suppress_tokens=special_ids(model),
+                          return_dict_in_generate=True, output_logits=True, **kwargs)
+
+
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1}),
+                                                ("atp", {})])
+def test_continuing_equals_one_longer_generate(family_model, reducer, settings):
+    """Three tokens, then three more from the returned cache == six tokens in one call (nothing new added)."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=6)
+    with vtr.patched(model, reducer, **settings):
+        full = dict_greedy(model, inputs, 6)
+        first = dict_greedy(model, inputs, 3)
+        turn = next_turn(inputs, first.sequences[:, :-1], first.sequences[:, -1:])
+        second = dict_greedy(model, turn, 3, past_key_values=first.past_key_values)
+    assert torch.equal(second.sequences, full.sequences)
+    torch.testing.assert_close(torch.stack(second.logits, 1), torch.stack(full.logits, 1)[:, 3:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 1.0, "layer": 1})])
+def test_new_text_turn_equals_one_longer_generate(family_model, reducer, settings):
+    """A new text turn on the returned cache == one generate over the whole conversation (a reducer whose
+    selection does not read the question, or keep=1.0)."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=7)
+    new = torch.tensor([[15, 16, 17], [18, 19, 20]])
+    with vtr.patched(model, reducer, **settings):
+        first = dict_greedy(model, inputs, 3)
+        turn = next_turn(inputs, first.sequences, new)
+        whole = dict_greedy(model, {**turn, **{k: inputs[k] for k in VISUAL_KEYS if k in inputs}}, 3)
+        second = dict_greedy(model, turn, 3, past_key_values=first.past_key_values)
+    assert torch.equal(second.sequences, whole.sequences)
+    torch.testing.assert_close(torch.stack(second.logits, 1), torch.stack(whole.logits, 1), rtol=0, atol=1e-5)
+
+
+def test_new_image_turn_equals_one_generate_over_both_images(family_model):
+    """The new turn brings its own image (its pixels only): reduced like a first turn, positions after the
+    cached ones; equals one generate over both images."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=1, seed=0)
+    other = example_inputs(processor, family, "image", batch=1, seed=3)
+    with vtr.patched(model, "fastervlm", keep=0.5):
+        first = dict_greedy(model, inputs, 3)
+        turn = next_turn(inputs, first.sequences, other["input_ids"])
+        if "mm_token_type_ids" in other:
+            turn["mm_token_type_ids"][:, -other["input_ids"].shape[1]:] = other["mm_token_type_ids"]
+        keys = [k for k in VISUAL_KEYS if k in inputs]
+        whole = dict_greedy(model, {**turn, **{k: torch.cat([inputs[k], other[k]]) for k in keys}}, 3)
+        assert sum(model.vtr.stats.visual_tokens_out) < sum(model.vtr.stats.visual_tokens_in)
+        second = dict_greedy(model, {**turn, **{k: other[k] for k in keys}}, 3, past_key_values=first.past_key_values)
+    assert torch.equal(second.sequences, whole.sequences)
+    torch.testing.assert_close(torch.stack(second.logits, 1), torch.stack(whole.logits, 1), rtol=0, atol=1e-5)
+
+
+def test_continuation_refuses_a_foreign_sequence(llava):
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=1, seed=1)
+    with vtr.patched(model, "fastervlm", keep=0.5):
+        first = dict_greedy(model, inputs, 2)
+        turn = next_turn(inputs, first.sequences, torch.tensor([[15]]))
+        turn["input_ids"][0, 3] += 1
+        with pytest.raises(ValueError, match="input_ids must start with"):
+            model.generate(**turn, max_new_tokens=1, past_key_values=first.past_key_values)
+
+
+def test_qwen2_vl_rope_deltas_follow_the_reduced_cache():
+    """After a patched generate, Qwen2-VL's own numbering of the next token (real cached tokens +
+    rope_deltas) is the one after an unpatched generate, though the cache holds fewer tokens."""
+    model, processor = tiny_model("qwen2_vl")
+    inputs = example_inputs(processor, "qwen2_vl", "image", batch=2, seed=2)
+    dict_greedy(model, inputs, 2)  # two tokens: the first one is cached
+    next_unpatched = inputs["attention_mask"].sum(dim=1, keepdim=True) + 1 + model.model.rope_deltas
+    model.model.rope_deltas = None
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        dict_greedy(model, inputs, 2)
+        stats = model.vtr.stats
+        dropped = torch.tensor(stats.visual_tokens_in) - torch.tensor(stats.visual_tokens_out)
+        assert bool((dropped > 0).all())
+        cached = inputs["attention_mask"].sum(dim=1, keepdim=True) - dropped[:, None] + 1
+        assert torch.equal(cached + model.model.rope_deltas, next_unpatched)
+
+
+# -- model objects: copies, pickling, saving, threads, configs --------------------------------------------
+def test_deepcopy_is_patched_on_its_own_weights(llava):
+    import copy
+
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=1, seed=8)
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        reduced = model(**inputs).logits
+        twin = copy.deepcopy(model)
+        assert twin.vtr is not model.vtr and twin.vtr.model is twin and twin.vtr.config is not model.vtr.config
+        torch.testing.assert_close(twin(**inputs).logits, reduced, rtol=0, atol=0)
+        with torch.no_grad():
+            twin.lm_head.weight.mul_(2)  # the copy's own weights, not the original's, must drive its forward
+        assert not torch.allclose(twin(**inputs).logits, reduced)
+        torch.testing.assert_close(model(**inputs).logits, reduced, rtol=0, atol=0)
+    vtr.unpatch(twin)
+    assert "forward" not in twin.__dict__ and not vtr.is_patched(twin)
+    with torch.no_grad():
+        assert twin(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_pickle_and_save_pretrained(tmp_path):
+    """(transformers' models pickle until their first forward installs its output-capturing hooks, patched
+    or not; so the model is pickled fresh and the references computed on a second build.)"""
+    import io
+
+    model, processor = tiny_model("llava")
+    reference_model, _ = tiny_model("llava")
+    inputs = example_inputs(processor, "llava", "image", batch=1, seed=9)
+    with torch.no_grad():
+        unpatched = reference_model(**inputs).logits
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        with torch.no_grad():
+            reduced = model(**inputs).logits
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)  # a pickled patched model comes back patched
+        assert vtr.is_patched(loaded) and loaded.vtr.model is loaded
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**inputs).logits, reduced, rtol=0, atol=0)
+        model.save_pretrained(tmp_path)  # weights and config only: the saved model loads unpatched
+    reloaded = type(model).from_pretrained(tmp_path)
+    assert not vtr.is_patched(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, unpatched, rtol=0, atol=0)
+
+
+def test_a_forward_during_another_threads_generate_is_reduced(llava):
+    """Per-call state is per thread; calls on one model are serialised (one lock per patched model)."""
+    import threading
+
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=1, seed=10)
+    started = threading.Event()
+
+    class Streamer:  # signals from inside the other thread's generate, then keeps it busy a little
+        def put(self, value):
+            started.set()
+            threading.Event().wait(0.05)
+
+        def end(self):
+            pass
+
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        with torch.no_grad():
+            expected = model(**inputs).logits
+        worker = threading.Thread(target=lambda: model.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                                                streamer=Streamer()))
+        worker.start()
+        assert started.wait(60)
+        with torch.no_grad():
+            during = model(**inputs).logits
+        worker.join()
+    assert during.shape == expected.shape
+    torch.testing.assert_close(during, expected, rtol=0, atol=0)
+
+
+def test_config_objects_keep_the_callers_objects():
+    """``vtr.patch(model, SomeConfig(processor=p, scorer=s))`` keeps ``p`` and ``s`` themselves (no deep copy)."""
+    from vtr.reducers.quota.reducer import QuotaConfig
+
+    model, processor = tiny_model("video_llava")
+    scorer = lambda frames, query: torch.ones(len(frames))  # noqa: E731 (any callable scorer)
+    with vtr.patched(model, QuotaConfig(keep=0.5, scorer=scorer, processor=processor)):
+        assert model.vtr.config.scorer is scorer and model.vtr.config.processor is processor
