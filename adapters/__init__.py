@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from vtr.adapters.base import Adapter, Encoded
+from vtr.adapters.gemma3 import Gemma3Adapter
 from vtr.adapters.llava import LlavaAdapter
 from vtr.adapters.llava_next import LlavaNextAdapter
 from vtr.adapters.llava_onevision import LlavaOnevisionAdapter
@@ -9,7 +10,7 @@ from vtr.adapters.qwen2_vl import Qwen2VLAdapter
 from vtr.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vtr.adapters.video_llava import VideoLlavaAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [Gemma3Adapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
 
 
 def supported_families() -> dict[str, tuple[str, ...]]:

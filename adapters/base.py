@@ -63,6 +63,8 @@ class Adapter:
     position_modes: tuple[str, ...] = ("original", "renumber")
     #: visual keywords of other families, mapped to why they are rejected here
     rejected_inputs: dict[str, str] = {}
+    #: why reducers that drop tokens inside the LLM are refused on this family ("" : they run)
+    in_llm_refusal: str = ""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model

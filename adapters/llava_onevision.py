@@ -36,22 +36,14 @@ from dataclasses import dataclass, field
 import torch
 
 from vtr.adapters.base import Adapter, Encoded
-from vtr.adapters.clip_tower import feature_layer_index, first_given
+from vtr.adapters.clip_tower import first_given
 from vtr.adapters.layout import item_rows
+from vtr.adapters.siglip_tower import SIGLIP_SIGNALS, probe_feature_layer, siglip_tokens
 from vtr.engine.splice import Segment
-from vtr.probes.vision import QKProbe, patch_attention_means
-from vtr.signals import Signal
-from vtr.visual import Signals, View, VisualTokens
+from vtr.visual import View
 
-SUBSTITUTE_NOTE = (
-    "cls_attention on llava_onevision is the adapted received-attention substitute (SigLIP has no [CLS]): attention "
-    "each patch receives at the feature layer (column mean, head mean), laid out like the features (stitched crops "
-    "unpadded and shrunk with the model's packer, video frames pooled 2x2 with the model's pooling)"
-)
-PATCH_ATTENTION_NOTE = (
-    "patch_attention_*_means on llava_onevision (FoPru's significance) is adapted: SigLIP has no [CLS] to exclude; "
-    "column/row means of the feature layer's patch attention, laid out like the features (packer, 2x2 pooling)"
-)
+#: how the signals are laid out, for the notes
+LAYOUT_NOTE = "stitched crops unpadded and shrunk with the model's packer, video frames pooled 2x2 with its pooling"
 
 
 @dataclass
@@ -69,8 +61,7 @@ class PackedMedia(Encoded):
 class LlavaOnevisionAdapter(Adapter):
     family = "llava_onevision"
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
-    provides = frozenset({Signal.CLS_ATTENTION, Signal.RECEIVED_ATTENTION, Signal.PATCH_ATTENTION_LOGIT_MEANS,
-                          Signal.PATCH_ATTENTION_PROB_MEANS})
+    provides = SIGLIP_SIGNALS
     visual_inputs = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos", "image_sizes_videos")
     rejected_inputs = {
         "image_grid_thw": "that is a Qwen2-VL input; pass LLaVA-OneVision's processor output",
@@ -98,24 +89,12 @@ class LlavaOnevisionAdapter(Adapter):
         return encoded
 
     def run_tower(self, encode_fn, kwargs: dict, **encode_kwargs):
-        """The model's own feature function with a q/k probe on the feature layer; ``(outputs, q, k, attention)``."""
-        config, tower = self.model.config, self.model.model.vision_tower
-        layer = first_given(kwargs.get("vision_feature_layer"), config.vision_feature_layer)
-        attention = tower.encoder.layers[
-            feature_layer_index(layer, len(tower.encoder.layers))].self_attn
-        with QKProbe(attention.q_proj, attention.k_proj, attention.num_heads, attention.scale) as probe:
+        """The model's own feature function with a q/k probe on the feature layer; ``(outputs, probe)``."""
+        layer = first_given(kwargs.get("vision_feature_layer"), self.model.config.vision_feature_layer)
+        with probe_feature_layer(self.model.model.vision_tower, layer) as probe:
             outputs = encode_fn(return_dict=True, vision_feature_layer=layer, vision_feature_select_strategy="full",
                                 **encode_kwargs)
-        q, k = probe.captured()
-        return outputs, q, k, attention
-
-    @staticmethod
-    def tower_scores(q, k, attention) -> dict[Signal, torch.Tensor]:
-        """``(n, C, P)`` per tower input: C = 1 for the received attention, 2 for the FoPru means."""
-        logits = patch_attention_means(q, k, attention.num_heads, attention.scale, probs=False, n_prefix=0)
-        probs = patch_attention_means(q, k, attention.num_heads, attention.scale, probs=True, n_prefix=0)
-        return {Signal.CLS_ATTENTION: probs[:, :1], Signal.PATCH_ATTENTION_LOGIT_MEANS: logits,
-                Signal.PATCH_ATTENTION_PROB_MEANS: probs}
+        return outputs, probe[0]
 
     def views_per_image(self, kwargs: dict) -> list[int]:
         """Tower inputs per image, as ``get_image_features`` counts them (one for images of multi-image rows)."""
@@ -140,7 +119,7 @@ class LlavaOnevisionAdapter(Adapter):
         config = self.model.config
         token_id = config.image_token_id
         extra = {k: kwargs[k] for k in ("vision_aspect_ratio", "batch_num_images") if kwargs.get(k) is not None}
-        outputs, q, k, attention = self.run_tower(self.model.model.get_image_features, kwargs,
+        outputs, probe = self.run_tower(self.model.model.get_image_features, kwargs,
                                                   pixel_values=kwargs["pixel_values"], image_sizes=kwargs["image_sizes"],
                                                   **extra)
         packed = list(outputs.pooler_output)
@@ -175,7 +154,8 @@ class LlavaOnevisionAdapter(Adapter):
             return [laid[i][view_rows[v].to(laid[i].device)].T for i, vs in enumerate(segment_views) for v in vs]
 
         segments = [Segment(s, len(p), token_id) for s, p in zip(samples, packed)]
-        return PackedMedia("image", self.tokens(features, views, q, k, attention, per_view), outputs, segments,
+        tokens = siglip_tokens(self.family, LAYOUT_NOTE, features, views, probe, per_view)
+        return PackedMedia("image", tokens, outputs, segments,
                            packed=packed, view_rows=view_rows, segment_views=segment_views, fixed_rows=fixed,
                            view_features=list(features))
 
@@ -184,7 +164,7 @@ class LlavaOnevisionAdapter(Adapter):
         token_id = config.video_token_id
         videos = kwargs["pixel_values_videos"]
         n_videos, n_frames = videos.shape[:2]
-        outputs, q, k, attention = self.run_tower(base.get_video_features, kwargs, pixel_values_videos=videos)
+        outputs, probe = self.run_tower(base.get_video_features, kwargs, pixel_values_videos=videos)
         packed = list(outputs.pooler_output)  # per video (F·p + 1, D), the newline last
         side = config.vision_config.image_size // config.vision_config.patch_size
         pooled = (-(-side // 2), -(-side // 2))  # apply_pooling's ceil(side / 2)
@@ -200,30 +180,10 @@ class LlavaOnevisionAdapter(Adapter):
             return list(base.apply_pooling(scores.transpose(1, 2).contiguous()).transpose(1, 2))
 
         segments = [Segment(s, len(x), token_id) for s, x in zip(samples, packed)]
-        return PackedMedia("video", self.tokens(features, views, q, k, attention, per_view), outputs, segments,
+        tokens = siglip_tokens(self.family, LAYOUT_NOTE, features, views, probe, per_view)
+        return PackedMedia("video", tokens, outputs, segments,
                            packed=packed, view_rows=view_rows, segment_views=segment_views, fixed_rows=fixed,
                            view_features=list(features))
-
-    def tokens(self, features, views, q, k, attention, per_view) -> VisualTokens:
-        """:class:`VisualTokens` whose signals are the feature layer's scores laid out by ``per_view``."""
-        scores = {}
-
-        def signal(name: Signal, note: str):
-            def provide() -> list[torch.Tensor]:
-                if note not in tokens.notes:
-                    tokens.notes.append(note)
-                if not scores:
-                    scores.update(self.tower_scores(q, k, attention))
-                laid = per_view(scores[name])
-                return [s[0] for s in laid] if name is Signal.CLS_ATTENTION else laid
-            return provide
-
-        received = signal(Signal.CLS_ATTENTION, SUBSTITUTE_NOTE)
-        providers = {Signal.CLS_ATTENTION: received, Signal.RECEIVED_ATTENTION: received,
-                     **{s: signal(s, PATCH_ATTENTION_NOTE)
-                        for s in (Signal.PATCH_ATTENTION_LOGIT_MEANS, Signal.PATCH_ATTENTION_PROB_MEANS)}}
-        tokens = VisualTokens(features, views, Signals(self.family, providers))
-        return tokens
 
     # -- keep plans and features ----------------------------------------------------------------
     def segment_keep(self, encoded: PackedMedia, plan: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -27,10 +27,12 @@ CASES = [
     ("pool", {}, "qwen2_vl", "video"),
     ("pool", {}, "qwen2_5_vl", "image"),
     ("pool", {}, "llava_onevision", "image+video"),
+    ("pool", {}, "gemma3", "image"),
+    ("fopru", {}, "gemma3", "image"),
     ("pool", {}, "video_llava", "video"),
 ]
 IDS = [f"{r}-{f}-{k}" + "".join(f"-{v}" for v in o.values()) for r, o, f, k in CASES]
-KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "qwen2_5_vl": 0.25, "llava_onevision": 0.25, "video_llava": 0.1}
+KEEP = {"llava": 0.1, "llava_next": 0.25, "qwen2_vl": 0.25, "qwen2_5_vl": 0.25, "llava_onevision": 0.25, "gemma3": 0.25, "video_llava": 0.1}
 
 
 @functools.cache
@@ -104,5 +106,7 @@ def test_cached_generate_equals_no_cache_recompute(reducer, options, family, kin
             recompute["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], 1)
         else:  # generate numbers from the mask; give the no-cache pass the same numbering
             recompute["position_ids"] = (recompute["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        if "token_type_ids" in inputs:  # Gemma 3: the new tokens are text
+            recompute["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.zeros_like(new)], 1)
         logits = forward_logits(model, recompute, use_cache=False)
     torch.testing.assert_close(logits[:, -n:], steps, rtol=0, atol=1e-5)

@@ -52,7 +52,13 @@ def check_positions(adapter, config) -> None:
 
 
 def check_signals(adapter, reducer) -> None:
-    """The family must compute every signal the reducer (with its current config) reads."""
+    """The family must compute every signal the reducer (with its current config) reads, and support its
+    in-LLM stage (``Adapter.in_llm_refusal``) when, with its current config, it has one."""
+    if adapter.in_llm_refusal and reducer.llm_layers(adapter.text_config.num_hidden_layers):
+        raise ValueError(
+            f"reducer {reducer.name!r} drops visual tokens inside the LLM, which {adapter.family!r} models do not "
+            f"support: {adapter.in_llm_refusal}; use a reducer that works before the LLM (e.g. fastervlm, pool)"
+        )
     missing = reducer.signals_read() - adapter.provides
     if missing:
         raise ValueError(

@@ -13,7 +13,7 @@ from typing import Any
 from vtr.testing.media import PROMPTS, chat_prompt, random_frames, random_image
 from vtr.testing.tokenizer import build_tokenizer
 
-FAMILY_MODULES = {"llava": "vtr.testing.llava", "llava_next": "vtr.testing.llava_next",
+FAMILY_MODULES = {"gemma3": "vtr.testing.gemma3", "llava": "vtr.testing.llava", "llava_next": "vtr.testing.llava_next",
                   "llava_onevision": "vtr.testing.llava_onevision", "qwen2_vl": "vtr.testing.qwen2_vl",
                   "qwen2_5_vl": "vtr.testing.qwen2_5_vl", "video_llava": "vtr.testing.video_llava"}
 

@@ -30,17 +30,20 @@ def _tokenizer_json(specials: tuple[str, ...]) -> str:
     return tok.to_str()
 
 
-def build_tokenizer(image_token: str = "<image>", video_token: str = "<video>", extra_specials: tuple[str, ...] = ()):
+def build_tokenizer(image_token: str = "<image>", video_token: str = "<video>", extra_specials: tuple[str, ...] = (),
+                    named: dict[str, str] | None = None):
     """Tokenizer with ids <unk>0 <pad>1 <s>2 </s>3, then ``image_token``, ``video_token``, ``extra_specials``.
 
-    ``tokenizer.image_token(_id)`` and ``video_token(_id)`` are set, as the processors expect.
+    ``tokenizer.image_token(_id)`` and ``video_token(_id)`` are set, as the processors expect; ``named`` adds
+    more such attributes (e.g. Gemma 3's ``{"boi_token": "<start_of_image>"}``), its tokens after ``extra_specials``.
     Left padding by default, as batched generation needs.
     """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(_tokenizer_json((image_token, video_token, *extra_specials)))
+    named = dict(named or {})
+    tok = Tokenizer.from_str(_tokenizer_json((image_token, video_token, *extra_specials, *named.values())))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        extra_special_tokens={"image_token": image_token, "video_token": video_token}, padding_side="left",
+        extra_special_tokens={"image_token": image_token, "video_token": video_token, **named}, padding_side="left",
     )
