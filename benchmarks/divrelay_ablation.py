@@ -17,7 +17,9 @@ Writes the ``divrelay_ablation`` section of ``BENCHMARKS.md`` and ``benchmarks/r
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -55,6 +57,14 @@ def markdown(rows: list[dict], n: int, info: dict) -> str:
     table = [[r["label"], r["keep"], f"{r['visual_tokens_kept']:.1f}", f"{r['layer_share']:.3f}", f"**{r['accuracy']:.3f}**"
               if r["label"].startswith("divrelay") else f"{r['accuracy']:.3f}",
               *(f"{r['per_type'].get(t, float('nan')):.3f}" for t in QUESTION_TYPES)] for r in rows]
+    base = {r["keep"]: r for r in rows if r["label"] == VARIANTS[0][0]}
+    deltas = []
+    for label, _, _ in VARIANTS[1:]:
+        cells = [f"keep {r['keep']}: {r['accuracy'] - base[r['keep']]['accuracy']:+.3f} at layer share "
+                 f"{r['layer_share']:.2f} (vs {base[r['keep']]['layer_share']:.2f})"
+                 for r in rows if r["label"] == label and r["keep"] in base]
+        deltas.append(f"- {label}: {'; '.join(cells)}")
+    standard_error = max((r["accuracy"] * (1 - r["accuracy"]) / n) ** 0.5 for r in rows)
     return "\n".join([
         "## divrelay ablation (`python -m benchmarks.divrelay_ablation`)",
         "",
@@ -64,6 +74,13 @@ def markdown(rows: list[dict], n: int, info: dict) -> str:
         "entering decoder layer 0; *layers* = mean share of the 144 visual tokens the 4 decoder layers processed (the cost).",
         "",
         markdown_table(header, table),
+        "",
+        "Each variant against the defaults (accuracy difference; what it spent):",
+        "",
+        *deltas,
+        "",
+        f"With {n} questions one accuracy's standard error is up to {standard_error:.3f}: differences below about twice "
+        "that are within noise.",
         "",
         machine_line(info),
     ])
@@ -77,7 +94,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--md", default="BENCHMARKS.md")
     p.add_argument("--json", default=f"benchmarks/results/{SECTION}.json")
+    p.add_argument("--from-json", action="store_true", help="only rewrite the section from an existing --json file")
     args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.json).read_text())
+        replace_section(args.md, SECTION, markdown(saved["rows"], saved["machine"]["questions"], saved["machine"]))
+        return 0
     torch.set_num_threads(args.threads)
     items = held_out_set()[:args.limit] if args.limit else held_out_set()
     model, processor = load()
