@@ -124,6 +124,7 @@ def test_two_images_in_one_prompt(llava):
     assert prompt.single_placeholder_ids().count(prompt.placeholder_id) == 2
     offline = serving.offline_prompt(prompt)
     assert offline["multi_modal_data"]["image"].shape == (2, 12, model.config.text_config.hidden_size)
+    assert offline["prompt_token_ids"] == prompt.single_placeholder_ids()  # vLLM expands each to its rows
     assert oracle_generate(model, prompt, 6) == out[0, inputs["input_ids"].shape[1]:].tolist()
 
 

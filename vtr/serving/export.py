@@ -42,8 +42,9 @@ class ReducedPrompt:
     """One prompt (one batch row) with its images reduced, ready for an engine that takes embeddings.
 
     Attributes:
-        prompt_token_ids: the prompt without padding, ``len(image_embeds[i])`` consecutive
-            placeholders per image (the form vLLM recognises as already expanded).
+        prompt_token_ids: the prompt the LLM sees, without padding: ``len(image_embeds[i])``
+            consecutive placeholders per image (vLLM's prompt after it expands
+            :meth:`single_placeholder_ids`; what the HF model is fed).
         image_embeds: per image in prompt order, ``(N_keep_i, hidden)`` projected features on the
             CPU, in the model's dtype.
         placeholder_id: the image placeholder token id.
@@ -66,7 +67,7 @@ class ReducedPrompt:
         return len(self.prompt_token_ids)
 
     def single_placeholder_ids(self) -> list[int]:
-        """The prompt ids with each image's run collapsed to one placeholder (the unexpanded form)."""
+        """The prompt ids with each image's run collapsed to one placeholder: the form vLLM takes."""
         ids, out, i = self.prompt_token_ids, [], 0
         for n in self.rows:
             start = ids.index(self.placeholder_id, i)

@@ -29,10 +29,13 @@ def image_embeds(prompt: ReducedPrompt, dtype: torch.dtype | None = None):
 def offline_prompt(prompt: ReducedPrompt, dtype: torch.dtype | None = None) -> dict:
     """One prompt for ``LLM.generate``: ``{"prompt_token_ids": [...], "multi_modal_data": {"image": ...}}``.
 
-    The ids carry one placeholder per kept row, which vLLM recognises as already expanded (it only
-    checks that the count matches the rows). ``dtype``: cast the embeddings (e.g. to the served dtype).
+    The ids carry ONE placeholder per image (:meth:`ReducedPrompt.single_placeholder_ids`): vLLM replaces
+    each by as many placeholders as the image has rows, so the engine's prompt is ``prompt.prompt_token_ids``.
+    (Ids already expanded would be expanded again: vLLM 0.32 replaces the first placeholder of each run
+    and leaves the rest as text tokens, without an error.) ``dtype``: cast the embeddings (e.g. to the
+    served dtype).
     """
-    return {"prompt_token_ids": list(prompt.prompt_token_ids), "multi_modal_data": {"image": image_embeds(prompt, dtype)}}
+    return {"prompt_token_ids": prompt.single_placeholder_ids(), "multi_modal_data": {"image": image_embeds(prompt, dtype)}}
 
 
 def tensor_to_base64(tensor: torch.Tensor) -> str:
