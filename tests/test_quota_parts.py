@@ -62,6 +62,43 @@ def test_allocate_properties_on_random_cases():
 
 
 # -- bilinear resampling ---------------------------------------------------------------------------
+def reference_resize_shape(n: int) -> tuple[int, int]:
+    """QuoTA's ``token_compress`` (version "v1") target shape for a share of ``n`` tokens, as its code
+    states it: ``h = w = int(sqrt(n))``; if ``h·w < n``, first try one more row, else one more column."""
+    h = w = int(n ** 0.5)
+    while (h + 1) * (h + 1) <= n:  # exact integer square root, whatever the float rounding
+        h = w = h + 1
+    if h * w < n:
+        if (h + 1) * w <= n:
+            h += 1
+        elif h * (w + 1) <= n:
+            w += 1
+    return h, w
+
+
+@pytest.mark.parametrize("side", [16, 27])
+def test_square_grid_rows_follow_the_reference_orientation(side):
+    """For every share on a square grid vtr uses the reference's number of rows; where the reference's rectangle
+    holds the share exactly the layout is that rectangle (k + 1 rows of k for k·(k + 1) tokens, not k of k + 1)."""
+    for n in range(1, side * side + 1):
+        h, w = reference_resize_shape(n)
+        rows = row_lengths(n, (side, side))
+        assert len(rows) == h and sum(rows) == n and min(rows) >= w, (n, h, w, rows)
+        if h * w == n:
+            assert rows == [w] * h
+    assert row_lengths(12, (16, 16)) == [3, 3, 3, 3]  # 4 rows × 3 columns, as the reference's (4, 3)
+
+
+def test_scoring_prompts_are_the_references_text():
+    from vtr.reducers.quota.scorers import scoring_text
+
+    assert scoring_text("q?", ["red car", "dog"]) == (
+        "Does the image contain any object of red car, dog? A. yes, B. no\nAnswer with the option's letter directly.")
+    assert scoring_text("What is it?", []) == (
+        "What is it?\nDoes the image contain sufficient information to answer the given question? A. yes, B. no\n"
+        "Answer with the option's letter directly.")
+
+
 @pytest.mark.parametrize("grid,n", [((16, 16), 25), ((16, 16), 64), ((10, 6), 20), ((16, 16), 240)])
 def test_rectangular_share_is_the_reference_bilinear_resize(grid, n):
     rows = row_lengths(n, grid)

@@ -100,12 +100,21 @@ def allocate(budget: int, weights: torch.Tensor, caps: list[int], minimum: int =
 def row_lengths(n: int, grid: tuple[int, int]) -> list[int]:
     """How ``n ≤ H·W`` tokens are laid out on an ``(H, W)`` grid: rows of near-equal length.
 
-    ``rows = ⌊√(n·H/W)⌋`` (the reference's ``⌊√n⌋`` on square grids, scaled to the aspect ratio),
-    at least ``⌈n/W⌉`` and at most ``min(H, n)``; each row holds ``⌊n/rows⌋`` tokens and
-    ``n mod rows`` rows, spread evenly, one more. ``n = h·w`` gives a plain ``h × w`` grid.
+    Square grids (the reference's case) take the reference's number of rows: with ``k = ⌊√n⌋`` it resizes
+    to ``(k + 1) × k`` (rows × columns) when ``(k + 1)·k ≤ n``, else ``k × k`` (``token_compress``, version
+    ``"v1"``), so its shapes are never wider than tall. Other grids take ``⌊√(n·H/W)⌋`` rows (the same
+    rule scaled to the aspect ratio). Rows are at least ``⌈n/W⌉`` and at most ``min(H, n)``; each holds
+    ``⌊n/rows⌋`` tokens and ``n mod rows`` rows, spread evenly, one more, so where the reference's
+    rectangle holds fewer than ``n`` tokens vtr keeps the rest as longer rows. ``n = h·w`` for the
+    reference's ``(h, w)`` gives exactly that ``h × w`` grid.
     """
     height, width = grid
-    rows = max(1, math.floor(math.sqrt(n * height / width)), math.ceil(n / width))
+    if height == width:
+        k = math.isqrt(n)
+        rows = k + 1 if (k + 1) * k <= n else k
+    else:
+        rows = math.floor(math.sqrt(n * height / width))
+    rows = max(1, rows, math.ceil(n / width))
     rows = min(rows, height, n)
     base, extra = divmod(n, rows)
     return [base + (math.floor((i + 1) * extra / rows) - math.floor(i * extra / rows)) for i in range(rows)]

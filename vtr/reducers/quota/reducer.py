@@ -9,7 +9,7 @@ Algorithm (per video, before the LLM):
    model turns the question into the physical objects to look for (:mod:`vtr.reducers.quota.cot`); an
    unreadable answer falls back to the question.
 2. *Frame scoring*: each frame gets ``p ≥ 0``. Default (``scorer="self"``): the patched model is asked
-   of each frame "Does the image contain any object of {objects}? A. yes B. no" (or whether the frame
+   of each frame "Does the image contain any object of {objects}? A. yes, B. no" (or whether the frame
    holds enough information to answer the question) and ``p = P("A")`` from one forward pass per
    batch of frames. ``scorer="clip"``: CLIP similarity; or any callable (:mod:`vtr.reducers.quota.scorers`).
 3. *Weights* ``w = (weight_scale · p) ** weight_exponent``, normalised (defaults 100 and 2).
@@ -46,10 +46,13 @@ Deviations from the reference code:
   dominant frame), a minimum per frame (``min_per_frame``, default 1; the reference drops frames
   whose floored share is 0, vtr keeps every view non-empty), surplus redistributed by weight, and
   integer rounding by largest remainder so the total is the budget exactly (the reference floors).
-- Bilinear resampling samples exactly the reference's ``F.interpolate`` points when the share is a
-  rectangle ``h × w``; other shares get rows one token longer instead of losing tokens to the
-  rectangle. The new tokens take the slots (and, by default, the position ids) of the original
-  patches under their sampling points.
+- Bilinear resampling uses the reference's shape on square grids (``k = ⌊√n⌋``: ``(k+1) × k`` rows ×
+  columns when ``(k+1)·k ≤ n``, else ``k × k``) and samples exactly its ``F.interpolate`` points when
+  the share is that rectangle (tested against an independent implementation of the reference's rule);
+  a share the rectangle does not fill gets rows one token longer instead of losing the remainder, as
+  the reference does. The new tokens take the slots (and, by default, the position ids) of the
+  original patches under their sampling points.
+- Score ties: with ``frame_reduction="cls_attention"`` ties go to the lower patch index.
 - Batches of any size and several videos per prompt (each video has its own budget); the
   reference assumes one video. Images are rejected (QuoTA needs video).
 - The CoT prompt is vtr's own (same three steps); parsing uses ``ast.literal_eval``, never ``eval``.

@@ -21,9 +21,9 @@ from vtr.media.images import CLIP_MEAN, CLIP_STD
 from vtr.reducers.quota.llm import option_probability
 from vtr.reducers.quota.prompts import PromptParts, media_prompt
 
-OBJECTS_PROMPT = "Does the image contain any object of {objects}? A. yes B. no\nAnswer with the option's letter directly."
+OBJECTS_PROMPT = "Does the image contain any object of {objects}? A. yes, B. no\nAnswer with the option's letter directly."
 QUESTION_PROMPT = ("{question}\nDoes the image contain sufficient information to answer the given question? "
-                   "A. yes B. no\nAnswer with the option's letter directly.")
+                   "A. yes, B. no\nAnswer with the option's letter directly.")
 #: the normalisation of CLIP-family processors (Video-LLaVA's and Qwen2-VL's), used when no processor says otherwise
 
 
