@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_bool, check_float
 from vtr.ops.diversity import cosine_matrix, dpp_greedy_map
 from vtr.reducers.base import Reducer
 from vtr.registry import register_reducer
@@ -47,10 +47,8 @@ class CDPrunerConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.theta, bool) or not isinstance(self.theta, (int, float)) or not 0.0 < self.theta <= 1.0:
-            raise ValueError(f"theta must be a number in (0, 1] (relevance weight), got {self.theta!r}")
-        if not isinstance(self.negate, bool):
-            raise TypeError(f"negate must be a bool, got {type(self.negate).__name__} {self.negate!r}")
+        self.normalise("theta", check_float(self.theta, "theta", 0.0, 1.0, low_open=True))
+        self.normalise("negate", check_bool(self.negate, "negate"))
 
 
 def relevance(features: torch.Tensor, text: torch.Tensor, negate: bool = False) -> torch.Tensor:

@@ -38,17 +38,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_int, check_layer
 from vtr.ops.diversity import cosine_matrix
 from vtr.ops.selection import keep_count
 from vtr.reducers.base import Reducer
 from vtr.registry import register_reducer
 from vtr.visual import VisualTokens
-
-
-def check_count(value, name: str, low: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def least_duplicated(features: torch.Tensor, image_pivots: torch.Tensor, text_pivots: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,9 +97,11 @@ class DARTConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_count(self.layer, "layer", 1)
-        check_count(self.pivot_image, "pivot_image")
-        check_count(self.pivot_text, "pivot_text")
+        info = self.model_info
+        self.normalise("layer", check_layer(check_int(self.layer, "layer", low=1), "layer",
+                                            depth=info.llm_layers if info else None, low=1, fractions=False))
+        self.normalise("pivot_image", check_int(self.pivot_image, "pivot_image", low=0))
+        self.normalise("pivot_text", check_int(self.pivot_text, "pivot_text", low=0))
         if self.pivot_image + self.pivot_text == 0:
             raise ValueError("pivot_image + pivot_text must be >= 1: DART needs at least one pivot")
 
@@ -152,7 +149,7 @@ class DARTPreConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_count(self.pivots, "pivots", 1)
+        self.normalise("pivots", check_int(self.pivots, "pivots", low=1))
 
 
 @register_reducer("dart_pre")

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_choice, check_float, check_int, check_layer
 from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_diverse
 from vtr.ops.selection import keep_count
 from vtr.probes.decoder import LayerAttention
@@ -75,14 +75,12 @@ class DivRelayConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.pool, bool) or not isinstance(self.pool, (int, float)) or not 0.0 < self.pool <= 1.0:
-            raise ValueError(f"pool must be a share in (0, 1] of each view's patches, got {self.pool!r}")
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"layer must be an int >= 1 (K, the first layer on kept tokens), got {self.layer!r}")
-        if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) or self.diversity < 0:
-            raise ValueError(f"diversity must be a number >= 0 (the distance exponent), got {self.diversity!r}")
-        if self.relevance not in RELEVANCE:
-            raise ValueError(f"relevance must be one of {RELEVANCE}, got {self.relevance!r}")
+        info = self.model_info
+        self.normalise("pool", check_float(self.pool, "pool", 0.0, 1.0, low_open=True))
+        self.normalise("layer", check_layer(check_int(self.layer, "layer", low=1), "layer",
+                                            depth=info.llm_layers if info else None, low=1, fractions=False))
+        self.normalise("diversity", check_float(self.diversity, "diversity", low=0.0))
+        check_choice(self.relevance, "relevance", RELEVANCE)
 
 
 def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, beta: float) -> torch.Tensor:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_float
 from vtr.ops.diversity import cosine_matrix
 from vtr.ops.selection import keep_topk_in_order
 from vtr.reducers.base import MergedView, Reducer
@@ -54,9 +54,7 @@ class VisionZipConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.contextual, bool) or not isinstance(self.contextual, (int, float)) \
-                or not 0.0 <= self.contextual < 1.0:
-            raise ValueError(f"contextual must be a share in [0, 1) of each view's budget, got {self.contextual!r}")
+        self.normalise("contextual", check_float(self.contextual, "contextual", 0.0, 1.0, high_open=True))
 
 
 def split_budget(k: int, contextual: float) -> tuple[int, int]:

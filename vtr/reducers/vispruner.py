@@ -30,20 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig
+from vtr.config import ReducerConfig, check_float, check_int
 from vtr.ops.diversity import bipartite_dedup
 from vtr.reducers.base import Reducer
 from vtr.registry import register_reducer
 from vtr.signals import Signal
 from vtr.visual import VisualTokens
-
-
-def check_share(value, name: str, low_open: bool = False) -> None:
-    """A share in [0, 1] (``(0, 1]`` with ``low_open``); bools and non-numbers are rejected."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (0.0 < value if low_open else 0.0 <= value) \
-        and value <= 1.0
-    if not ok:
-        raise ValueError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
 
 
 @dataclass
@@ -56,9 +48,8 @@ class VisPrunerConfig(ReducerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_share(self.important, "important")
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ValueError(f"step must be an int >= 1 (tokens removed per round), got {self.step!r}")
+        self.normalise("important", check_float(self.important, "important", 0.0, 1.0))
+        self.normalise("step", check_int(self.step, "step", low=1))
 
 
 @register_reducer("vispruner")
