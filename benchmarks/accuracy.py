@@ -169,10 +169,35 @@ def run_all(model, processor, items, batch: int, reducers=None, keeps=KEEPS) -> 
 FASTERVLM_PUBLISHED = {"0.25": 0.9875, "0.1": 0.9424, "0.05": 0.8941}
 
 
-def markdown(results: dict, majority: dict, info: dict) -> str:
+def own_method_claim(results: dict, name: str = "divrelay", keeps=("0.05", "0.1")) -> list[str]:
+    """Whether vtr's own reducer beats every other reducer of the table at the low budgets, at no higher cost
+    (layer share) than the best of them, computed from the rows."""
+    ours = results["reducers"].get(name)
+    if not ours:
+        return []
+    parts, holds = [], True
+    for keep in keeps:
+        if keep not in ours:
+            continue
+        others = {n: rows[keep] for n, rows in results["reducers"].items() if n != name and keep in rows}
+        best = max(others, key=lambda n: others[n]["accuracy"])
+        mine, theirs = ours[keep], others[best]
+        ok = mine["accuracy"] > theirs["accuracy"] and mine["layer_share"] <= theirs["layer_share"]
+        holds = holds and ok
+        parts.append(f"keep {keep}: `{name}` {mine['accuracy']:.3f} at layer share {mine['layer_share']:.2f}, best other "
+                     f"`{best}` {theirs['accuracy']:.3f} at {theirs['layer_share']:.2f}")
+    verdict = "holds" if holds else "does **not** hold"
+    n = results["unpruned"]["n"]
+    noise = 2 * (2 * 0.8 * 0.2 / n) ** 0.5  # two standard errors of a difference of two accuracies near 0.8
+    return ["", f"vtr's own `{name}` against the best other reducer of this table: {'; '.join(parts)}. The claim "
+            f"(more accurate than every other reducer, at a layer share no higher than the best one's) {verdict} here; "
+            f"with {n} questions, accuracy differences below about {noise:.3f} (two standard errors) are within noise."]
+
+
+def markdown(results: dict, majority: dict, info: dict, png: str = "accuracy.png", title: str = "") -> str:
     un = results["unpruned"]
     lines = [
-        "## Accuracy retained (tiny LLaVA trained here, 144 visual tokens)",
+        title or "## Accuracy retained (tiny LLaVA trained here, 144 visual tokens)",
         "",
         f"`python -m benchmarks.accuracy` on `vtr/shapes/tiny-llava-shapes` (a stock `LlavaForConditionalGeneration`, "
         f"see its `MODEL_CARD.md`; **144 visual tokens** — 96 px, patch 8 — not LLaVA-1.5's 576), "
@@ -187,6 +212,12 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
         f"torch {info.get('torch')}, transformers {info.get('transformers')}.",
         "",
     ]
+    merged = results.get("merged")
+    if merged:  # --merge: some rows come from an earlier run on the same model and questions
+        lines[-1:-1] = [f"Rows of {', '.join(f'`{n}`' for n in merged['measured'])} measured then; the other rows come "
+                        f"from the run of {merged['earlier'].get('date', '?')} on the same model and questions (merged "
+                        f"with `--merge`; its unpruned accuracy, {merged['earlier_unpruned']:.3f}, was re-measured equal).",
+                        ""]
     header = ["reducer", "keep", "LLM input", "layers", "accuracy", "retention", *QUESTION_TYPES]
     rows = [["(unpruned)", "1.0", f"{un['visual_tokens_kept']:.1f}", "1.00", f"**{un['accuracy']:.3f}**", "1.000",
              *(f"{un['per_type'].get(t, float('nan')):.3f}" for t in QUESTION_TYPES)],
@@ -227,6 +258,7 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
                           "4-layer LLM (its first layer sees every token and it always keeps a spatial sample), so those "
                           "rows sit at its floor.")
     lines += notes
+    lines += own_method_claim(results)
     if un["accuracy"] < 0.8:
         lines += ["", f"**Caveat:** the model reaches {un['accuracy']:.3f} unpruned, below the 0.80 the project set for "
                   "this benchmark (see `vtr/shapes/tiny-llava-shapes/MODEL_CARD.md`: under-trained vision tower), so "
@@ -236,7 +268,7 @@ def markdown(results: dict, majority: dict, info: dict) -> str:
     if results["skipped"]:
         lines += ["", "Not run on this model (the error each raises on LLaVA-1.5):", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in results["skipped"].items()]
-    lines += ["", "![accuracy vs keep](benchmarks/results/accuracy.png)"]
+    lines += ["", f"![accuracy vs keep](benchmarks/results/{png})"]
     return "\n".join(lines)
 
 
@@ -294,18 +326,45 @@ def plot(results: dict, majority: dict, path: Path) -> Path:
     return path
 
 
+def merge_results(earlier: dict, new: dict) -> dict:
+    """``new``'s reducers over ``earlier``'s (sorted by name); refused unless both unpruned runs agree exactly."""
+    if earlier["unpruned"]["n"] != new["unpruned"]["n"] or earlier["unpruned"]["accuracy"] != new["unpruned"]["accuracy"]:
+        raise SystemExit(f"--merge: the earlier run's unpruned accuracy {earlier['unpruned']['accuracy']} on "
+                         f"{earlier['unpruned']['n']} questions differs from this run's {new['unpruned']['accuracy']} on "
+                         f"{new['unpruned']['n']}: not the same model and questions")
+    reducers = {**earlier["reducers"], **new["reducers"]}
+    skipped = {k: v for k, v in {**earlier.get("skipped", {}), **new["skipped"]}.items() if k not in reducers}
+    return {"unpruned": new["unpruned"], "reducers": dict(sorted(reducers.items())), "skipped": skipped,
+            "merged": {"measured": sorted(new["reducers"]), "earlier": earlier.get("machine", {}),
+                       "earlier_unpruned": earlier["unpruned"]["accuracy"]}}
+
+
+def section_title(section: str, results: dict) -> str:
+    """The default section keeps its title; another one (a partial run) says what it holds."""
+    if section == SECTION:
+        return ""
+    keeps = sorted({k for rows in results["reducers"].values() for k in rows}, key=float, reverse=True)
+    return (f"## Accuracy, partial run `{section}`: {', '.join(f'`{n}`' for n in results['reducers'])} at keep "
+            f"{', '.join(keeps)} on the first {results['unpruned']['n']} held-out questions")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(MODEL))
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test questions (type-balanced)")
     p.add_argument("--batch", type=int, default=125)
     p.add_argument("--reducers", nargs="*", default=None, help="default: every registered reducer")
+    p.add_argument("--keeps", type=float, nargs="*", default=None, help=f"default: {' '.join(map(str, KEEPS))}")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="keep the other reducers' rows of an earlier --json run (same model and questions; its unpruned "
+                        "accuracy must be re-measured equal) and write the combined table")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--from-json", action="store_true",
                    help="only rewrite the BENCHMARKS.md section and the plot from an existing --json file")
     p.add_argument("--record", action="store_true",
                    help="also store the scores of the fixed test slices in <model>/eval.json (tests compare with them)")
     p.add_argument("--md", default="BENCHMARKS.md")
+    p.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write (a partial run: another name)")
     p.add_argument("--json", default=str(RESULTS / "accuracy.json"))
     p.add_argument("--png", default=str(RESULTS / "accuracy.png"))
     args = p.parse_args(argv)
@@ -313,7 +372,8 @@ def main(argv=None) -> int:
     if args.from_json:
         saved = json.loads(Path(args.json).read_text())
         plot(saved, saved["majority"], Path(args.png))
-        replace_section(args.md, SECTION, markdown(saved, saved["majority"], saved["machine"]))
+        replace_section(args.md, args.section, markdown(saved, saved["majority"], saved["machine"], Path(args.png).name,
+                                                       section_title(args.section, saved)))
         if saved["unpruned"]["n"] == len(held_out_set()):
             replace_section(Path(args.model) / "MODEL_CARD.md", "pruning", card_markdown(saved))
         return 0
@@ -326,13 +386,17 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(record, indent=1))
         print(f"recorded test slices in {path}: {record['test_slices']}")
     start = time.time()
-    results = run_all(model, processor, items, args.batch, args.reducers)
+    earlier = json.loads(Path(args.merge).read_text()) if args.merge else None
+    results = run_all(model, processor, items, args.batch, args.reducers, tuple(args.keeps or KEEPS))
+    if earlier is not None:
+        results = merge_results(earlier, results)
     majority = majority_baseline(items)
     info = machine_info(model=str(Path(args.model).name), visual_tokens=144, questions=len(items),
                         seconds=round(time.time() - start, 1))
     write_json(args.json, {"machine": info, "majority": majority, "keeps": list(KEEPS), **results})
     plot(results, majority, Path(args.png))
-    replace_section(args.md, SECTION, markdown(results, majority, info))
+    replace_section(args.md, args.section, markdown(results, majority, info, Path(args.png).name,
+                                                         section_title(args.section, results)))
     if not args.limit and args.reducers is None:  # the card summarises full runs only
         replace_section(Path(args.model) / "MODEL_CARD.md", "pruning", card_markdown(results))
     un = results["unpruned"]
