@@ -8,9 +8,11 @@ from vtr.adapters.llava_next import LlavaNextAdapter
 from vtr.adapters.llava_onevision import LlavaOnevisionAdapter
 from vtr.adapters.qwen2_vl import Qwen2VLAdapter
 from vtr.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from vtr.adapters.qwen3_vl import Qwen3VLAdapter
 from vtr.adapters.video_llava import VideoLlavaAdapter
 
-ADAPTERS: list[type[Adapter]] = [Gemma3Adapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [Gemma3Adapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter,
+                                 VideoLlavaAdapter]
 
 
 def supported_families() -> dict[str, tuple[str, ...]]:

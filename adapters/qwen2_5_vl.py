@@ -47,6 +47,14 @@ NOTES = {
 }
 
 
+def relabel_notes(tokens: VisualTokens, block: int, notes: dict[str, str]) -> None:
+    """In ``tokens.notes``, replace each Qwen2-VL note (``notes`` keys, formatted with ``block``) by the family's."""
+    for parent, mine in notes.items():
+        old, new = parent.format(block=block), mine.format(block=block)
+        if old in tokens.notes:
+            tokens.notes[:] = [n for n in tokens.notes if n not in (old, new)] + [new]
+
+
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     family = "qwen2_5_vl"
     model_classes = ("Qwen2_5_VLForConditionalGeneration",)
@@ -96,10 +104,7 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
 
     def relabel(self, tokens: VisualTokens, scores):
         """Replace the Qwen2-VL note the parent just added by this family's."""
-        for parent, mine in NOTES.items():
-            old, new = parent.format(block=self.signal_block), mine.format(block=self.signal_block)
-            if old in tokens.notes:
-                tokens.notes[:] = [n for n in tokens.notes if n not in (old, new)] + [new]
+        relabel_notes(tokens, self.signal_block, NOTES)
         return scores
 
     def raster_order(self, scores: list[torch.Tensor], views: list[View]) -> list[torch.Tensor]:

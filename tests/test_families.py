@@ -12,8 +12,9 @@ import vtr
 from helpers import generate_steps
 from vtr.testing import example_inputs, tiny_model
 
-CASES = [("gemma3", "image"), ("llava", "image"), ("llava_next", "image"), ("llava_onevision", "image+video"), ("qwen2_vl", "image"),
-         ("qwen2_vl", "video"), ("qwen2_5_vl", "video"), ("video_llava", "image"), ("video_llava", "video")]
+CASES = [("gemma3", "image"), ("llava", "image"), ("llava_next", "image"), ("llava_onevision", "image+video"),
+         ("qwen2_vl", "image"), ("qwen2_vl", "video"), ("qwen2_5_vl", "video"), ("qwen3_vl", "video"),
+         ("video_llava", "image"), ("video_llava", "video")]
 #: settings under which each reducer must be the identity
 IDENTITY = {"fastervlm": {"keep": 1.0}, "random": {"keep": 1.0}, "fastv": {"keep": 1.0},
             "aim": {"keep": 1.0, "prune": False}}
@@ -23,7 +24,7 @@ REDUCING = {"fastervlm": {"keep": 0.25}, "random": {"keep": 0.25}, "fastv": {"ke
 
 
 #: families whose adapter refuses reducers that drop tokens inside the LLM (Adapter.in_llm_refusal)
-NO_IN_LLM = {"gemma3"}
+NO_IN_LLM = {"gemma3", "qwen3_vl"}
 
 
 def refused(model, family, reducer, settings):

@@ -15,7 +15,7 @@ from vtr.testing.tokenizer import build_tokenizer
 
 FAMILY_MODULES = {"gemma3": "vtr.testing.gemma3", "llava": "vtr.testing.llava", "llava_next": "vtr.testing.llava_next",
                   "llava_onevision": "vtr.testing.llava_onevision", "qwen2_vl": "vtr.testing.qwen2_vl",
-                  "qwen2_5_vl": "vtr.testing.qwen2_5_vl", "video_llava": "vtr.testing.video_llava"}
+                  "qwen2_5_vl": "vtr.testing.qwen2_5_vl", "qwen3_vl": "vtr.testing.qwen3_vl", "video_llava": "vtr.testing.video_llava"}
 
 
 def _family(family: str):
