@@ -97,6 +97,16 @@ class Adapter:
         """``"eager"``, ``"sdpa"``, ...: decides whether the engine hands layers a 4-D float mask."""
         return getattr(self.language_model.config, "_attn_implementation", None) or "sdpa"
 
+    def placeholder_ids_from_embeds(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` stand-in ``input_ids`` for a call given ``inputs_embeds`` ``(B, N, D)``: each placeholder id
+        where the embedding equals that token's embedding (how the model locates them), the pad id elsewhere."""
+        embed = self.model.get_input_embeddings()
+        ids = torch.full(inputs_embeds.shape[:2], self.pad_token_id, dtype=torch.long, device=inputs_embeds.device)
+        for token_id in self.placeholder_ids():
+            vector = embed(torch.tensor(token_id, device=inputs_embeds.device)).to(inputs_embeds.dtype)
+            ids[(inputs_embeds == vector).all(dim=-1)] = token_id
+        return ids
+
     def placeholder_ids(self) -> list[int]:
         """Token ids that stand for visual tokens in ``input_ids`` (image and video)."""
         config = self.model.config
@@ -119,7 +129,7 @@ class Adapter:
         has_visual = any(kwargs.get(k) is not None for k in self.visual_inputs)
         if has_visual and kwargs.get("input_ids") is None:
             raise ValueError(
-                "a patched model needs input_ids (not inputs_embeds) alongside visual inputs, to find the "
+                "a patched model needs input_ids or inputs_embeds alongside visual inputs, to find the "
                 "placeholder tokens it shrinks; pass the processor's input_ids"
             )
         if has_visual and kwargs.get("mm_encoder_outputs"):
@@ -193,6 +203,9 @@ class Adapter:
             if new.get(key) is not None:
                 value = self.pad_token_id if key == "input_ids" else pad
                 new[key] = gather_columns(new[key], columns, value, side)
+        if new.get("inputs_embeds") is not None:  # (B, N, D): gathered along the sequence like the ids
+            embeds = new["inputs_embeds"].transpose(1, 2)
+            new["inputs_embeds"] = gather_columns(embeds, columns, 0.0, side).transpose(1, 2)
         if positions == "original":
             base = kwargs.get("position_ids")
             if base is None:

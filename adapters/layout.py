@@ -27,7 +27,8 @@ def item_rows(input_ids: torch.Tensor, token_id: int, sizes: list[int], modality
             item += 1
         matched = matched and count == 0
     if not matched or item != len(sizes):
-        raise ValueError(
+        raise ValueError(  # opens with the model's own wording, so callers matching it keep working
+            f"{modality.capitalize()} features and {modality} tokens do not match: "
             f"input_ids hold {counts} {modality} placeholders per row but {source} gives {len(sizes)} "
             f"{modality}(s) of {sizes} tokens; build the prompt with the model's processor from the same inputs"
         )

@@ -287,3 +287,22 @@ def test_config_objects_keep_the_callers_objects():
     scorer = lambda frames, query: torch.ones(len(frames))  # noqa: E731 (any callable scorer)
     with vtr.patched(model, QuotaConfig(keep=0.5, scorer=scorer, processor=processor)):
         assert model.vtr.config.scorer is scorer and model.vtr.config.processor is processor
+
+
+# -- forward parity -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_inputs_embeds_with_pixels_equals_input_ids(family_model, keep):
+    """``inputs_embeds`` (no ``input_ids``) with pixels: placeholders found from the embeddings, the embeddings
+    gathered with the kept columns; the same reduced call as with ``input_ids``."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=2, seed=11)
+    embeds = {k: v for k, v in inputs.items() if k != "input_ids"}
+    embeds["inputs_embeds"] = model.get_input_embeddings()(inputs["input_ids"]).detach()
+    with vtr.patched(model, "fastervlm", keep=keep):
+        with torch.no_grad():
+            by_ids, by_embeds = model(**inputs).logits, model(**embeds).logits
+        assert (by_ids.shape[1] < inputs["input_ids"].shape[1]) == (keep < 1)
+        torch.testing.assert_close(by_embeds, by_ids, rtol=0, atol=1e-6)
+        out_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
+        out_embeds = model.generate(**embeds, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
+    assert torch.equal(out_embeds, out_ids[:, -3:])  # generate from embeddings returns the new tokens only

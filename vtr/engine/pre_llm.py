@@ -97,6 +97,11 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     check_positions(adapter, config)
     check_signals(adapter, handle.spec.reducer_class(config))
     stats = ReductionStats(reducer=handle.reducer, description=handle.description)
+    derived_ids = False
+    if (kwargs.get("input_ids") is None and kwargs.get("inputs_embeds") is not None
+            and any(kwargs.get(k) is not None for k in adapter.visual_inputs)):
+        kwargs = {**kwargs, "input_ids": adapter.placeholder_ids_from_embeds(kwargs["inputs_embeds"])}
+        derived_ids = True
     handle.stats = stats
     if not handle.spec.reducer_class.has_pre_llm_stage():
         record_llm_input(stats, adapter, kwargs)
@@ -136,6 +141,8 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
 def record_llm_input(stats: ReductionStats, adapter, kwargs) -> None:
     """Stats of a call whose visual tokens all enter the LLM (no pre-LLM stage)."""
     input_ids = kwargs.get("input_ids")
+    if derived_ids:  # the model gets the caller's (gathered) embeddings, as called
+        new_kwargs.pop("input_ids")
     if input_ids is None:
         return
     visual = torch.isin(input_ids, torch.tensor(adapter.placeholder_ids(), device=input_ids.device))
