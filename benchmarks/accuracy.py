@@ -216,7 +216,9 @@ def markdown(results: dict, majority: dict, info: dict, png: str = "accuracy.png
     if merged:  # --merge: some rows come from an earlier run on the same model and questions
         lines[-1:-1] = [f"Rows of {', '.join(f'`{n}`' for n in merged['measured'])} measured then; the other rows come "
                         f"from the run of {merged['earlier'].get('date', '?')} on the same model and questions (merged "
-                        f"with `--merge`; its unpruned accuracy, {merged['earlier_unpruned']:.3f}, was re-measured equal).",
+                        f"with `--merge`; its unpruned accuracy, {merged['earlier_unpruned']:.3f}, was re-measured equal)."
+                        + (f" Left out of the earlier run: {', '.join(f'`{n}`' for n in merged['dropped'])} (their "
+                           "settings changed meaning since)." if merged.get("dropped") else ""),
                         ""]
     header = ["reducer", "keep", "LLM input", "layers", "accuracy", "retention", *QUESTION_TYPES]
     rows = [["(unpruned)", "1.0", f"{un['visual_tokens_kept']:.1f}", "1.00", f"**{un['accuracy']:.3f}**", "1.000",
