@@ -11,8 +11,8 @@ from vtr.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vtr.adapters.qwen3_vl import Qwen3VLAdapter
 from vtr.adapters.video_llava import VideoLlavaAdapter
 
-ADAPTERS: list[type[Adapter]] = [Gemma3Adapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter,
-                                 VideoLlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter,
+                                 VideoLlavaAdapter, Gemma3Adapter]
 
 
 def supported_families() -> dict[str, tuple[str, ...]]:
