@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES_FILE = Path(os.environ.get("VTR_VLLM_CASES", ROOT / "build" / "vllm" / "cases.pt"))
 TEMPLATE = ROOT / "examples" / "shapes_chat_template.jinja"
 PORT = int(os.environ.get("VTR_VLLM_PORT", "8765"))
+STARTUP_S = float(os.environ.get("VTR_VLLM_STARTUP_S", "1200"))  # a busy 2-core machine needs minutes
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def server(data):
                "--gpu-memory-utilization", os.environ.get("VTR_VLLM_MEMORY", "0.1")]
     log = open(CASES_FILE.parent / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
+    deadline = time.time() + STARTUP_S
     try:
         while True:
             if process.poll() is not None:
@@ -118,7 +119,7 @@ def server(data):
             except OSError:
                 pass
             if time.time() > deadline:
-                pytest.fail(f"vllm serve did not become healthy in 600 s; see {log.name}")
+                pytest.fail(f"vllm serve did not become healthy in {STARTUP_S:.0f} s; see {log.name}")
             time.sleep(2)
         yield f"http://127.0.0.1:{PORT}"
     finally:
