@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="reducers to run (see `vtr reducers`), or `all` for every one this model takes; default fastervlm")
     parser.add_argument("--keeps", nargs="+", type=keep_value, default=[1.0, 0.25, 0.1], metavar="KEEP",
                         help="keep values per reducer: ratios in (0, 1] or token counts (default 1.0 0.25 0.1)")
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N questions")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N questions, in file order (POPE: random, popular, adversarial; shapes: type-balanced)")
     parser.add_argument("--batch", type=positive_int, default=8, metavar="B", help="questions per generate call (default 8)")
     parser.add_argument("--out", type=Path, default=Path("out/eval"), metavar="DIR", help="output folder (default out/eval)")
     parser.add_argument("--resume", action="store_true", help="continue runs in --out, skipping answered questions")
