@@ -76,6 +76,8 @@ from vtr.signals import Signal
 from vtr.visual import View, VisualTokens
 
 SCORERS = ("self", "clip")
+#: said in the stats when a video's frames all score 0 (e.g. a random-weight CLIP, whose clamped cosines are 0)
+ZERO_SCORES_NOTE = "quota: every frame of a video scored 0, so its budget was split uniformly across its frames"
 FRAME_REDUCTIONS = ("bilinear", "cls_attention")
 
 
@@ -171,6 +173,8 @@ class QuoTA(Reducer):
             if budget < sum(caps):  # otherwise every frame keeps everything: nothing to score
                 question, objects, scores = context.score(views)
                 weights = frame_weights(scores, self.config.weight_scale, self.config.weight_exponent)
+                if not bool((scores > 0).any()) and ZERO_SCORES_NOTE not in visual.notes:
+                    visual.notes.append(ZERO_SCORES_NOTE)
                 counts = allocate(budget, weights, caps, self.config.min_per_frame)
             for v, n in zip(views, counts):
                 plans[v] = self.reduce_view(visual, v, n)
