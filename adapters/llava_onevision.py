@@ -31,6 +31,7 @@ Kept tokens keep their original position ids by default (``positions="original"`
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -155,6 +156,7 @@ class LlavaOnevisionAdapter(Adapter):
 
         segments = [Segment(s, len(p), token_id) for s, p in zip(samples, packed)]
         tokens = siglip_tokens(self.family, LAYOUT_NOTE, features, views, probe, per_view)
+        tokens.view_pixels = functools.cache(lambda: self.image_view_pixels(kwargs, n_views))
         return PackedMedia("image", tokens, outputs, segments,
                            packed=packed, view_rows=view_rows, segment_views=segment_views, fixed_rows=fixed,
                            view_features=list(features))
@@ -181,9 +183,30 @@ class LlavaOnevisionAdapter(Adapter):
 
         segments = [Segment(s, len(x), token_id) for s, x in zip(samples, packed)]
         tokens = siglip_tokens(self.family, LAYOUT_NOTE, features, views, probe, per_view)
+        tokens.view_pixels = lambda: list(videos.flatten(0, 1))  # per frame (3, H, W)
         return PackedMedia("video", tokens, outputs, segments,
                            packed=packed, view_rows=view_rows, segment_views=segment_views, fixed_rows=fixed,
                            view_features=list(features))
+
+    def image_view_pixels(self, kwargs: dict, n_views: list[int]) -> list[torch.Tensor]:
+        """Per view ``(3, H, W)`` normalised pixels: the base view's tile, and for the stitched view the crops
+        stitched in raster order with the letterbox cut as the model's ``unpad_image`` cuts the features (for
+        overlays; a shrunk grid is drawn over the same picture)."""
+        from transformers.models.llava_onevision.modeling_llava_onevision import (get_anyres_image_grid_shape,
+                                                                                  unpad_image)
+
+        config, pixels = self.model.config, kwargs["pixel_values"]
+        size = config.vision_config.image_size
+        tiles = list(pixels) if pixels.ndim == 5 else list(pixels.split(n_views))
+        pictures = []
+        for image, (crops, n) in enumerate(zip(tiles, n_views)):
+            pictures.append(crops[0])
+            if n > 1:
+                rows, cols = get_anyres_image_grid_shape(kwargs["image_sizes"][image].tolist(),
+                                                         config.image_grid_pinpoints, size)
+                grid = crops[1:n].reshape(rows, cols, 3, size, size).permute(2, 0, 3, 1, 4)
+                pictures.append(unpad_image(grid.reshape(3, rows * size, cols * size), kwargs["image_sizes"][image]))
+        return pictures
 
     # -- keep plans and features ----------------------------------------------------------------
     def segment_keep(self, encoded: PackedMedia, plan: list[torch.Tensor]) -> list[torch.Tensor]:

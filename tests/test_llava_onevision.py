@@ -224,3 +224,19 @@ def test_refusals_are_clear_and_leave_the_model_alone(onevision):
         with pytest.raises(ValueError, match="image_sizes"):
             model(**{k: v for k, v in inputs.items() if k != "image_sizes"})
     assert torch.equal(forward_logits(model, inputs), ref)
+
+
+def test_overlays_draw_every_view(onevision):
+    """Each view gets a picture: the base tile, the stitched crops with the letterbox cut (its aspect ratio
+    that of the view's grid, up to rounding), each video frame."""
+    from vtr.media.overlay import call_overlays
+
+    model, processor = onevision
+    inputs = example_inputs(processor, FAMILY, "image+video", batch=1, seed=0)
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        model(**inputs)
+        views = model.vtr.stats.views
+        pictures, titles = call_overlays(model, inputs, processor)
+    assert len(pictures) == len(views) == 2 + 8
+    (rows, cols), (width, height) = views[1].grid, pictures[1].size
+    assert abs(width / height - cols / rows) < 0.15 * cols / rows
