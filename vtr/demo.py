@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         model, processor = tiny_model("llava")
         image, questions, truths, max_new, scale = astronaut(), [QUESTION], None, MAX_NEW_TOKENS, 2
         print("vtr demo: tiny LLaVA-1.5-shaped model + scikit-image 'astronaut' photo")
-        print("NOTE: the model has RANDOM weights, so its answers are gibberish until the project's trained")
-        print("      model lands. Token counts, selections, timings and FLOPs are real.\n")
+        print("NOTE: the model has RANDOM weights, so its answers are gibberish (run without --random for the")
+        print("      trained checkpoint). Token counts, selections, timings and FLOPs are real.\n")
     image_processor = processor.image_processor
     processor.tokenizer.padding_side = "left"
     inputs = processor(images=[image] * len(questions), text=[chat_prompt(q, processor.image_token) for q in questions],
