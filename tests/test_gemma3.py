@@ -111,12 +111,12 @@ def test_cached_generate_equals_no_cache_recompute(gemma):
     torch.testing.assert_close(logits[:, -n:], steps, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_attention_implementations_and_bf16(implementation):
+@pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
+def test_attention_implementations_and_bf16(implementation, dtype):
     model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(torch.bfloat16)
+    model.to(dtype)
     inputs = example_inputs(processor, FAMILY, "image", batch=2, seed=1)
-    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     ref = forward_logits(model, inputs)
     with vtr.patched(model, "fastervlm", keep=1.0):
         assert torch.equal(forward_logits(model, inputs), ref)

@@ -192,13 +192,13 @@ def test_two_images_in_one_row_are_one_view_each(onevision):
     assert torch.equal(seq[:, :inputs["input_ids"].shape[1]], inputs["input_ids"])
 
 
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_attention_implementations_and_bf16(implementation):
+@pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
+def test_attention_implementations_and_bf16(implementation, dtype):
     model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(torch.bfloat16)
+    model.to(dtype)
     inputs = example_inputs(processor, FAMILY, "image+video", batch=2, seed=1)
     for key in ("pixel_values", "pixel_values_videos"):
-        inputs[key] = inputs[key].to(torch.bfloat16)
+        inputs[key] = inputs[key].to(dtype)
     ref = forward_logits(model, inputs)
     with vtr.patched(model, "fastervlm", keep=1.0):
         assert torch.equal(forward_logits(model, inputs), ref)

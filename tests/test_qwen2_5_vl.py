@@ -168,14 +168,14 @@ def test_cached_generate_equals_no_cache_recompute(qwen, kind):
     torch.testing.assert_close(logits[:, -n:], steps, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_attention_implementations_and_bf16(implementation):
-    """keep=1.0 is the identity in bf16 under either attention implementation, and a reduced generate runs."""
+@pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
+def test_attention_implementations_and_bf16(implementation, dtype):
+    """keep=1.0 is the identity (eager fp32, SDPA bf16), and a reduced generate runs."""
     model, processor = tiny_model(FAMILY, attn_implementation=implementation)
     assert model.config.text_config._attn_implementation == implementation
-    model.to(torch.bfloat16)
+    model.to(dtype)
     inputs = batch_inputs(processor, "video")
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(torch.bfloat16)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     ref = forward_logits(model, inputs)
     with vtr.patched(model, "fastervlm", keep=1.0):
         assert torch.equal(forward_logits(model, inputs), ref)

@@ -144,12 +144,12 @@ def test_merging_reducer_runs_and_says_what_deepstack_gets(qwen):
     assert any("DeepStack" in n for n in notes)
 
 
-@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_attention_implementations_and_bf16(implementation):
+@pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
+def test_attention_implementations_and_bf16(implementation, dtype):
     model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(torch.bfloat16)
+    model.to(dtype)
     inputs = example_inputs(processor, FAMILY, "video", batch=2, seed=1)
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(torch.bfloat16)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
     ref = forward_logits(model, inputs)
     with vtr.patched(model, "fastervlm", keep=1.0):
         assert torch.equal(forward_logits(model, inputs), ref)
