@@ -12,10 +12,11 @@ decoder layers processed (``model.vtr.stats.layer_share``, the cost that in-LLM 
 
 The model has **144 visual tokens** (96 px, patch 8), not LLaVA-1.5's 576: keep 0.1 is 14 tokens.
 Keep means different things to different reducers: for pre-LLM reducers it is the share of patches
-the LLM sees; ``fastv`` keeps that share from decoder layer 2 on (layers 0–1 see all 144); ``aim`` merges to
-``keep`` before the LLM and then prunes further inside it; adaptive reducers (a ``scale`` setting, e.g.
+the LLM sees; ``fastv`` keeps that share from decoder layer 2 on (layers 0–1 see all 144); ``aim`` (merge, then
+prune) and ``atp`` take ``keep`` as their total budget, the mean layer share; adaptive reducers (a ``scale`` setting, e.g.
 ``atp``) are tuned with :func:`vtr.calibrate` to each ``keep`` on 40 calibration images that are never tested
-(``vtr.shapes.calibration_set``), then adapt per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
+(``vtr.shapes.calibration_set``) where their config asks for it (``budget="mean"``); ``aim`` and ``atp`` by default
+spend ``keep`` as their mean layer share without any tuning, adapting per image. Reducers that cannot run on this model (e.g. AnyRes-only or video-only ones) are listed with the
 error they raise.
 
 Answers are the argmax of the last-position logits of one patched, batched, left-padded
@@ -126,8 +127,8 @@ def calibrate_to_keep(model, samples: list[dict]) -> dict | None:
     """Tune an adaptive reducer (config with ``scale``) so its mean layer share on ``samples`` is its ``keep``.
 
     Returns the calibration (scale, achieved share) or ``None`` for reducers without a ``scale``."""
-    if not hasattr(model.vtr.config, "scale"):
-        return None
+    if not hasattr(model.vtr.config, "scale") or getattr(model.vtr.config, "budget", "mean") != "mean":
+        return None  # nothing to tune: e.g. atp's default budget="sample" meets keep on every image
     result = vtr.calibrate(model, samples)
     return {"scale": result.scale, "target": result.target, "achieved": result.mean, "reached": result.reached}
 
@@ -205,8 +206,8 @@ def markdown(results: dict, majority: dict, info: dict, png: str = "accuracy.png
         f"Unpruned accuracy **{un['accuracy']:.3f}**; majority-answer baseline {majority['overall']['accuracy']:.3f}. "
         "Retention = accuracy / unpruned accuracy. *LLM input* = mean visual tokens entering decoder layer 0; "
         "*layers* = mean share of the 144 visual tokens the decoder layers processed, the cost (differs from "
-        "input/144 only for in-LLM reducers: `fastv` keeps `keep` from layer 2 on, `aim` merges to `keep` "
-        "and then prunes inside the LLM, `atp` adapts its keep per image and layer).",
+        "input/144 only for in-LLM reducers: `fastv` keeps `keep` from layer 2 on; `aim` (merge, then prune inside "
+        "the LLM) and `atp` (adaptive per image and layer) spend `keep` as their mean layer share, uncalibrated).",
         "",
         f"Measured {info.get('date', '')} on {info.get('cpu', '?')}, {info.get('torch_threads', '?')} threads, "
         f"torch {info.get('torch')}, transformers {info.get('transformers')}.",
@@ -244,8 +245,8 @@ def markdown(results: dict, majority: dict, info: dict, png: str = "accuracy.png
                   "`shared/notes/training.md` §4)."]
     calibrated = {name: by_keep for name, by_keep in results["reducers"].items()
                   if any("calibration" in r for r in by_keep.values())}
-    notes = ["", "Reading the table: `aim` at keep 1.0 still prunes inside the LLM (its schedule removes every visual "
-             "token by the last layer), so only its *layers* column is comparable with the others. On this 4-layer "
+    notes = ["", "Reading the table: for `aim` and `atp` `keep` is the *layers* column (their total budget; keep 1.0 "
+             "is the unpruned model), so compare them with the others at equal *layers*. On this 4-layer "
              "tower `vtc_cls`'s layer range (2/3 of the depth to -2) is the feature layer alone, so it selects "
              "exactly what `fastervlm` selects. The plot's right panel places every row at what it spent (*layers*): "
              "an in-LLM reducer's low-keep rows move right there, since its first layers still process every token."]
