@@ -193,7 +193,7 @@ class Adapter:
         """
         segments = [s for e in encoded for s in e.segments]
         flat_keep = [k for per_modality in keep for k in per_modality]
-        columns = kept_columns(kwargs["input_ids"], segments, flat_keep)
+        columns = kept_columns(kwargs["input_ids"], segments, flat_keep, kwargs.get("attention_mask"))
         side = padding_side(kwargs.get("attention_mask"))
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}

@@ -112,7 +112,8 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     for e in encoded:
         adapter.add_shared_signals(e, kwargs)
     stats.seconds["vision"] = time.perf_counter() - start
-    if not encoded:  # a text-only call: nothing to reduce
+    if not encoded:  # a text-only call: nothing to reduce; stats shaped as for every other reducer
+        record_llm_input(stats, adapter, kwargs)
         return kwargs
 
     start = time.perf_counter()

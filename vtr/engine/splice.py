@@ -24,16 +24,20 @@ class Segment:
     token_id: int
 
 
-def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[torch.Tensor]) -> list[torch.Tensor]:
+def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[torch.Tensor],
+                 attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Columns of each row that survive the reduction.
 
     Segments are consumed in order: per row, the placeholders of each token id are matched with the
-    segments of that token id, ``segment.n_tokens`` placeholders each.
+    segments of that token id, ``segment.n_tokens`` placeholders each. The caller's padding columns
+    (``attention_mask`` 0) are dropped too: rows are re-padded to the longest *reduced* row, so a batch
+    whose rows shrink by different amounts (a text-only row next to image rows) is no wider than needed.
 
     Args:
         input_ids: ``(B, N)`` prompt ids with full placeholder runs.
         segments: in batch order (row-major, then order of appearance).
         keep: per segment, sorted ``(k_s,)`` indices into the segment's tokens.
+        attention_mask: ``(B, N)``, or None (no padding).
     Returns:
         per row, sorted ``(N'_b,)`` int64 column indices into ``input_ids``.
     """
@@ -42,7 +46,8 @@ def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[to
     columns = []
     for row_index, row in enumerate(input_ids):
         is_visual = torch.isin(row, torch.tensor(token_ids, device=row.device))
-        parts = [(~is_visual).nonzero().squeeze(1)]
+        real = attention_mask[row_index].to(row.device).bool() if attention_mask is not None else torch.ones_like(is_visual)
+        parts = [(~is_visual & real).nonzero().squeeze(1)]
         for token_id in token_ids:
             positions = (row == token_id).nonzero().squeeze(1)
             offset = 0
