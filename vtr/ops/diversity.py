@@ -28,23 +28,43 @@ def max_min_diverse(distance: torch.Tensor, k: int) -> torch.Tensor:
     is largest); each next pick is the unpicked token whose minimum distance to the picked set is largest.
 
     Args:
-        distance: ``(N, N)`` symmetric distances (e.g. ``1 - cosine``); k: picks, ``1 <= k <= N``.
+        distance: ``(N, N)`` symmetric distances (e.g. ``1 - cosine``), or ``(V, N, N)`` for ``V`` views of
+            one size at once (each view's picks are exactly its own: only elementwise minima and row-wise
+            argmaxes mix them); k: picks, ``1 <= k <= N``.
     Returns:
-        ``(k,)`` int64 picks in the order chosen.
+        ``(k,)`` (or ``(V, k)``) int64 picks in the order chosen.
     """
-    n = distance.shape[0]
+    if distance.ndim == 2:
+        return max_min_diverse(distance[None], k)[0]
+    views, n, _ = distance.shape
     if k >= n:
-        return torch.arange(n)
+        return torch.arange(n).expand(views, n).clone()
+    rows = torch.arange(views)
     off_diagonal = distance.masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))
-    picks = [first_argmax(off_diagonal.min(dim=1).values)]
-    nearest = distance[picks[0]].clone()  # (N,) distance of every token to the picked set
-    nearest[picks[0]] = -float("inf")
+    pick = off_diagonal.min(dim=2).values.argmax(dim=1)  # argmax: the lowest index among ties
+    picks, picked = [pick], torch.zeros(views, n, dtype=torch.bool)
+    picked[rows, pick] = True
+    nearest = distance[rows, pick].masked_fill(picked, -float("inf"))  # (V, N) distance to the picked set
     for _ in range(k - 1):
-        j = first_argmax(nearest)
-        picks.append(j)
-        nearest = torch.minimum(nearest, distance[j])
-        nearest[picks] = -float("inf")
-    return torch.tensor(picks, dtype=torch.long)
+        pick = nearest.argmax(dim=1)
+        picks.append(pick)
+        picked[rows, pick] = True
+        nearest = torch.minimum(nearest, distance[rows, pick]).masked_fill(picked, -float("inf"))
+    return torch.stack(picks, dim=1)
+
+
+def max_min_per_view(features: list[torch.Tensor], counts: list[int]) -> list[torch.Tensor]:
+    """:func:`max_min_diverse` of each ``(N_v, D)`` feature tensor (cosine distance), ``counts[v]`` picks,
+    sorted; views of one size and count run as one batch (the same picks as one at a time)."""
+    out: list[torch.Tensor | None] = [None] * len(features)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for v, (f, k) in enumerate(zip(features, counts)):
+        groups.setdefault((f.shape[0], k), []).append(v)
+    for (_, k), members in groups.items():
+        distance = torch.stack([1.0 - cosine_matrix(features[v]) for v in members])
+        for v, picks in zip(members, max_min_diverse(distance, k)):
+            out[v] = picks.sort().values
+    return out
 
 
 def dpp_greedy_map(kernel: torch.Tensor, k: int, eps: float = 1e-10) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from vtr.ops.diversity import cosine_matrix, max_min_diverse
+from vtr.ops.diversity import max_min_per_view
 from vtr.reducers.base import Reducer
 from vtr.registry import register_reducer
 from vtr.visual import VisualTokens
@@ -31,9 +31,5 @@ class DivPrune(Reducer):
     """Max–min diverse subset (greedy) of the projected features, cosine distance."""
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
-        plans = []
-        for view, features in zip(visual.views, visual.features):
-            k = self.budget(view)
-            distance = 1.0 - cosine_matrix(features[view.n_prefix:])
-            plans.append(max_min_diverse(distance, k).sort().values)
-        return plans
+        patches = [f[v.n_prefix:] for f, v in zip(visual.features, visual.views)]
+        return max_min_per_view(patches, [self.budget(v) for v in visual.views])

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from vtr.config import ReducerConfig, check_choice, check_float, check_int, check_layer
-from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_diverse
+from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_per_view
 from vtr.ops.selection import keep_count
 from vtr.probes.decoder import LayerAttention
 from vtr.reducers.base import Reducer
@@ -114,12 +114,9 @@ class DivRelay(Reducer):
     config_class = DivRelayConfig
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
-        plans = []
-        for view, features in zip(visual.views, visual.features):
-            patches = features[view.n_prefix:]
-            m = max(keep_count(self.pool_share(), view.n_patches), self.budget(view))
-            plans.append(max_min_diverse(1.0 - cosine_matrix(patches), m).sort().values)
-        return plans
+        patches = [f[v.n_prefix:] for f, v in zip(visual.features, visual.views)]
+        counts = [max(keep_count(self.pool_share(), v.n_patches), self.budget(v)) for v in visual.views]
+        return max_min_per_view(patches, counts)
 
     def llm_layers(self, n_layers: int) -> list[int]:
         if self.config.layer >= n_layers:
