@@ -7,6 +7,7 @@ own M-RoPE positions, and an oracle that feeds the unpatched model only the kept
 from __future__ import annotations
 
 import copy
+import importlib
 
 import torch
 
@@ -17,14 +18,14 @@ def eager_received_attention(model, pixel_values, grid_thw, block=-1):
     """Attention received per merged token in vision block ``block``, from eager attention weights.
 
     Runs a deep copy of ``model.model.visual`` whose attention is transformers' own
-    ``eager_attention_forward``, wrapped to keep the weights ``(1, H, n, n)`` of each chunk (an image
+    ``eager_attention_forward`` (of the tower's own modeling module: Qwen2-VL, Qwen2.5-VL, Qwen3-VL), wrapped to keep the weights ``(1, H, n, n)`` of each chunk (an image
     or a video frame group). Returns one ``(n / 4,)`` tensor per chunk: weights averaged over query
     rows and heads, then over each 2×2 merge window (4 consecutive patches).
     """
     from transformers import AttentionInterface
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import eager_attention_forward
 
     tower = copy.deepcopy(model.model.visual)
+    eager_attention_forward = importlib.import_module(type(tower).__module__).eager_attention_forward
     target, weights = tower.blocks[block].attn, []
 
     def capture(module, query, key, value, attention_mask, **kwargs):
@@ -36,7 +37,7 @@ def eager_received_attention(model, pixel_values, grid_thw, block=-1):
     AttentionInterface.register(CAPTURE, capture)
     tower.set_attn_implementation(CAPTURE)
     with torch.no_grad():
-        tower(pixel_values.to(tower.get_dtype()), grid_thw=grid_thw)
+        tower(pixel_values.to(next(tower.parameters()).dtype), grid_thw=grid_thw)
     merge = tower.spatial_merge_size ** 2
     return [w[0].float().mean(dim=1).mean(dim=0).view(-1, merge).mean(dim=-1) for w in weights]
 

@@ -5,19 +5,16 @@ batch-1, prompt first) run on this family in tests/test_families.py, fopru and p
 tests/test_prellm_reducers.py. References here: the tower's own eager attention weights put back in raster
 order with the model's own window index, the unpatched model fed only the kept tokens, a no-cache recompute.
 """
-import copy
-
 import pytest
 import torch
 
 import vtr
 from helpers import forward_logits, generate_steps, special_ids
-from reference_qwen2_vl import oracle_forward, reference_topk, unpatched_positions
+from reference_qwen2_vl import eager_received_attention, oracle_forward, reference_topk, unpatched_positions
 from vtr.testing import example_inputs, tiny_model
 
 FAMILY = "qwen2_5_vl"
 KINDS = ["image", "video"]
-CAPTURE = "vtr_test_eager_capture_qwen2_5"
 GRID_KEYS = {"image": ("pixel_values", "image_grid_thw"), "video": ("pixel_values_videos", "video_grid_thw")}
 
 
@@ -38,32 +35,12 @@ def budget(keep, n):
 
 
 def raster_received_attention(model, pixels, grid_thw, block):
-    """Attention received per merged token in vision block ``block``, in raster order, from eager weights.
-
-    Runs a deep copy of the tower with transformers' own eager attention, wrapped to keep block ``block``'s
-    ``(1, H, n, n)`` weights per chunk (image or frame group, in the tower's window order); column mean over
-    query rows, head mean, 2x2 merge mean, then the whole call reordered with ``argsort(window_index)`` as the
-    tower reorders its merger output.
-    """
-    from transformers import AttentionInterface
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+    """Attention received per merged token in vision block ``block``, in raster order: the eager reference's
+    per-chunk scores (in the tower's window order) reordered for the whole call with ``argsort(window_index)``,
+    as the tower reorders its merger output."""
     from transformers.vision_utils import get_vision_window_index
 
-    tower = copy.deepcopy(model.model.visual)
-    target, weights = tower.blocks[block].attn, []
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        out, w = eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        if module is target:
-            weights.append(w)
-        return out, w
-
-    AttentionInterface.register(CAPTURE, capture)
-    tower.set_attn_implementation(CAPTURE)
-    with torch.no_grad():
-        tower(pixels, grid_thw=grid_thw)
-    merge = tower.spatial_merge_size ** 2
-    windowed = [w[0].float().mean(dim=1).mean(dim=0).view(-1, merge).mean(dim=-1) for w in weights]
+    windowed = eager_received_attention(model, pixels, grid_thw, block=block)
     vision = model.config.vision_config
     window_index, _ = get_vision_window_index(grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size)
     flat = torch.cat(windowed)[torch.argsort(window_index)]

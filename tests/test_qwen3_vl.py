@@ -5,18 +5,15 @@ family in tests/test_families.py. References here: the tower's own eager attenti
 model fed only the kept tokens with *every* DeepStack level gathered the same way (written out here), the
 unpatched model's own M-RoPE positions, a no-cache recompute.
 """
-import copy
-
 import pytest
 import torch
 
 import vtr
 from helpers import forward_logits, generate_steps, special_ids
-from reference_qwen2_vl import reference_topk, unpatched_positions
+from reference_qwen2_vl import eager_received_attention, reference_topk, unpatched_positions
 from vtr.testing import example_inputs, tiny_model
 
 FAMILY = "qwen3_vl"
-CAPTURE = "vtr_test_eager_capture_qwen3"
 KEYS = {"image": ("pixel_values", "image_grid_thw", "image_token_id", "get_image_features"),
         "video": ("pixel_values_videos", "video_grid_thw", "video_token_id", "get_video_features")}
 
@@ -31,28 +28,6 @@ def qwen():
 
 def budget(keep, n):
     return max(1, min(n, int(keep * n + 0.5)))
-
-
-def eager_received_attention(model, pixels, grid_thw, block=-1):
-    """Per image / frame group, the attention each merged token receives in vision block ``block``: eager
-    weights ``(1, H, n, n)`` of its chunk, mean over query rows and heads, then over each 2x2 merge window."""
-    from transformers import AttentionInterface
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import eager_attention_forward
-
-    tower = copy.deepcopy(model.model.visual)
-    target, weights = tower.blocks[block].attn, []
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        out, w = eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        if module is target:
-            weights.append(w)
-        return out, w
-
-    AttentionInterface.register(CAPTURE, capture)
-    tower.set_attn_implementation(CAPTURE)
-    with torch.no_grad():
-        tower(pixels, grid_thw=grid_thw)
-    return [w[0].float().mean(dim=1).mean(dim=0).view(-1, 4).mean(dim=-1) for w in weights]
 
 
 def oracle_forward(model, inputs, kind, kept, labels):
