@@ -22,7 +22,8 @@ from vtr.visual import View, VisualTokens
 
 
 #: inputs aligned with the prompt's columns, gathered with the kept columns (with their pad value)
-SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
+SEQUENCE_INPUTS = {"input_ids": None, "attention_mask": 0, "labels": -100, "shift_labels": -100, "token_type_ids": 0,
+                   "mm_token_type_ids": 0}
 
 
 @dataclass
@@ -193,7 +194,9 @@ class Adapter:
         """
         segments = [s for e in encoded for s in e.segments]
         flat_keep = [k for per_modality in keep for k in per_modality]
-        columns = kept_columns(kwargs["input_ids"], segments, flat_keep, kwargs.get("attention_mask"))
+        # Nothing dropped (keep=1.0): the prompt keeps its exact layout, padding included (the identity)
+        full = all(len(k) == s.n_tokens for k, s in zip(flat_keep, segments))
+        columns = kept_columns(kwargs["input_ids"], segments, flat_keep, None if full else kwargs.get("attention_mask"))
         side = padding_side(kwargs.get("attention_mask"))
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}

@@ -306,3 +306,43 @@ def test_inputs_embeds_with_pixels_equals_input_ids(family_model, keep):
         out_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
         out_embeds = model.generate(**embeds, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
     assert torch.equal(out_embeds, out_ids[:, -3:])  # generate from embeddings returns the new tokens only
+
+
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1}),
+                                                ("fastv", {"keep": 1.0, "layer": 1})])
+def test_labels_tuple_and_shift_labels(llava, reducer, settings):
+    """``return_dict=False`` with labels returns ``(loss, logits, ...)``; ``shift_labels`` (each row's own
+    target) are gathered at the kept rows; at keep=1.0 the loss is the unpatched one."""
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=2, seed=12)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        unpatched = model(**inputs, labels=labels).loss
+    with vtr.patched(model, reducer, **settings), torch.no_grad():
+        output = model(**inputs, labels=labels)
+        as_tuple = model(**inputs, labels=labels, return_dict=False)
+        shifted = model(**inputs, shift_labels=shift, labels=labels)
+        kept = torch.stack(model.vtr.stats.kept_columns)
+    torch.testing.assert_close(as_tuple[0], output.loss)
+    torch.testing.assert_close(as_tuple[1], output.logits)
+    if reducer != "fastervlm":  # in-LLM: every kept row is scored on its own next caller token either way
+        torch.testing.assert_close(shifted.loss, output.loss, rtol=0, atol=1e-6)
+    else:  # pre-LLM: shift_labels are gathered like labels; a reference from the kept columns
+        target = shift.gather(1, kept.clamp(min=0)).masked_fill(kept < 0, -100)
+        reference = torch.nn.functional.cross_entropy(shifted.logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        torch.testing.assert_close(shifted.loss, reference, rtol=0, atol=1e-5)
+    if settings["keep"] == 1.0:
+        torch.testing.assert_close(output.loss, unpatched, rtol=0, atol=1e-6)
+
+
+def test_text_only_forward_with_a_custom_4d_mask(llava):
+    """A custom 4-D mask (shared-prefix packing) on a text-only call runs and matches the unpatched model."""
+    model, _ = llava
+    ids = torch.tensor([[10, 11, 12, 13]])
+    mask = torch.tril(torch.ones(1, 1, 4, 4))
+    with torch.no_grad():
+        reference = model(ids, attention_mask=mask, position_ids=torch.arange(4)[None]).logits
+        with vtr.patched(model, "fastervlm", keep=0.5):
+            patched = model(ids, attention_mask=mask, position_ids=torch.arange(4)[None]).logits
+    torch.testing.assert_close(patched, reference, rtol=0, atol=0)

@@ -117,10 +117,15 @@ class VTRHandle:
             reduced = reduce_call(self, call, for_generate=False)
             with llm_stage(self, reduced) as engine:
                 labels = reduced.pop("labels", None) if engine is not None else None
+                shift_labels = reduced.pop("shift_labels", None) if engine is not None else None
                 output = original_forward(**reduced)
             record_llm_stage(self.stats, engine, self.adapter.text_config)
-        if labels is not None:  # logits cover the kept rows only; align the labels with them
-            output.loss = loss_on_kept(self._model, output.logits, labels, engine)
+        if labels is not None or shift_labels is not None:  # logits cover the kept rows only: align the labels
+            logits = output.logits if not isinstance(output, tuple) else output[0]
+            loss = loss_on_kept(self._model, logits, labels, engine, shift_labels)
+            if isinstance(output, tuple):  # return_dict=False: transformers puts the loss first
+                return (loss, *output)
+            output.loss = loss
         return output
 
     def _generate(self, *args, **kwargs):

@@ -100,6 +100,9 @@ def continue_call(handle, call: dict, cmap: CacheMap, reduce) -> tuple[dict, tor
 
     tail = {k: v[:, width:] for k, v in call.items() if k in SEQUENCE_INPUTS and isinstance(v, torch.Tensor)
             and v.ndim == 2 and v.shape[:2] == ids.shape[:2]}
+    if "mm_token_type_ids" in call and "mm_token_type_ids" not in tail and call["mm_token_type_ids"] is not None:
+        types = call["mm_token_type_ids"]
+        tail["mm_token_type_ids"] = torch.nn.functional.pad(types, (0, max(0, ids.shape[1] - types.shape[1])))[:, width:]
     tail.update({k: call[k] for k in handle.adapter.visual_inputs if call.get(k) is not None})
     has_visual = any(k in tail for k in handle.adapter.visual_inputs)
     last = cmap.positions[..., -1:].to(ids.device)
@@ -124,8 +127,11 @@ def continue_call(handle, call: dict, cmap: CacheMap, reduce) -> tuple[dict, tor
         new["attention_mask"] = torch.cat([slot_mask.to(tail_mask.dtype), tail_mask], dim=1)
     for key in ("token_type_ids", "mm_token_type_ids"):
         if call.get(key) is not None:
-            slots = call[key].gather(1, columns.clamp(min=0)).masked_fill(filler, 0)
-            new[key] = torch.cat([slots, reduced_tail.get(key, call[key][:, width:])], dim=1)
+            # a caller may pass the first turn's types unextended: generated columns are text (0), as
+            # generate itself extends them
+            types = torch.nn.functional.pad(call[key], (0, max(0, ids.shape[1] - call[key].shape[1])))
+            slots = types.gather(1, columns.clamp(min=0)).masked_fill(filler, 0)
+            new[key] = torch.cat([slots, reduced_tail.get(key, types[:, width:])], dim=1)
     new["position_ids"] = torch.cat([cmap.positions.to(ids.device), tail_positions], dim=-1)
     if reduced_tail.get("mm_encoder_outputs"):
         new["mm_encoder_outputs"] = reduced_tail["mm_encoder_outputs"]

@@ -57,11 +57,18 @@ def record_llm_stage(stats, engine: DecoderPruning | None, text_config) -> None:
         # (pre-LLM columns are padded to the LLM input's width, so LLM columns index them directly)
 
 
-def loss_on_kept(model, logits: torch.Tensor, labels: torch.Tensor, engine: DecoderPruning) -> torch.Tensor:
-    """The causal-LM loss with ``labels`` (of the LLM input) gathered at the rows the LLM kept.
+def loss_on_kept(model, logits: torch.Tensor, labels: torch.Tensor | None, engine: DecoderPruning,
+                 shift_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The causal-LM loss of the rows the LLM kept, each row scored on its own next caller token.
 
-    Filler rows of ragged batches get label -100. Dropped visual tokens carry no text label.
+    ``labels`` / ``shift_labels``: ``(B, N)`` of the LLM input (``shift_labels[:, c]`` is what row ``c``
+    predicts; from ``labels`` it is ``labels[:, c + 1]``). They are gathered at the kept rows' columns, so
+    a kept row predicts exactly what it predicts unpruned; filler rows of ragged batches get -100.
     """
-    st = engine.state
-    gathered = labels.gather(1, st.cols.to(labels.device)).masked_fill(~st.valid.to(labels.device), -100)
-    return model.loss_function(logits=logits, labels=gathered, vocab_size=model.config.get_text_config().vocab_size)
+    st = engine.stats_state
+    if shift_labels is None:
+        shift_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    cols, valid = (engine.prompt_part(t) for t in (st.cols, st.valid))
+    gathered = shift_labels.gather(1, cols.to(shift_labels.device)).masked_fill(~valid.to(shift_labels.device), -100)
+    return model.loss_function(logits=logits, labels=None, shift_labels=gathered,
+                               vocab_size=model.config.get_text_config().vocab_size)

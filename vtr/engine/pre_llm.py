@@ -152,7 +152,8 @@ def record_llm_input(stats: ReductionStats, adapter, kwargs) -> None:
     text_config = adapter.text_config
     stats.visual_tokens_per_layer = [[n] * text_config.num_hidden_layers for n in counts]
     mask = kwargs.get("attention_mask")
-    lengths = mask.sum(dim=1).tolist() if mask is not None else [input_ids.shape[1]] * input_ids.shape[0]
+    # a custom 4-D mask (B, 1, N, N) has no per-row length: count every column
+    lengths = mask.sum(dim=1).tolist() if mask is not None and mask.ndim == 2 else [input_ids.shape[1]] * input_ids.shape[0]
     stats.prefill_flops_before = sum(prefill_flops(text_config, [n] * text_config.num_hidden_layers) for n in lengths)
     stats.prefill_flops_after = stats.prefill_flops_before
     stats.kept_columns = [torch.arange(input_ids.shape[1])] * input_ids.shape[0]
@@ -172,7 +173,7 @@ def record_counts(stats: ReductionStats, adapter, kwargs, encoded, token_keep) -
     n_layers = text_config.num_hidden_layers
     stats.visual_tokens_per_layer = [[n] * n_layers for n in tokens_out]
     mask = kwargs.get("attention_mask")
-    lengths_in = mask.sum(dim=1).tolist() if mask is not None else [kwargs["input_ids"].shape[1]] * batch
+    lengths_in = mask.sum(dim=1).tolist() if mask is not None and mask.ndim == 2 else [kwargs["input_ids"].shape[1]] * batch
     for b in range(batch):
         length_out = lengths_in[b] - (tokens_in[b] - tokens_out[b])
         stats.prefill_flops_before += prefill_flops(text_config, [lengths_in[b]] * n_layers)
