@@ -51,9 +51,9 @@ def test_fastervlm_beats_random_at_keep_0_1(shipped):
     assert got["fastervlm@0.1"]["accuracy"] > got["random@0.1"]["accuracy"]
 
 
-def test_adaptive_reducers_are_calibrated_to_each_keep_on_images_never_tested(shipped):
-    """``atp`` has no fixed keep: the benchmark tunes its ``scale`` per row on the calibration set, so the
-    share the decoder layers process on the test images follows ``keep`` (here 0.5 vs 1.0)."""
+def test_adaptive_reducers_meet_keep_uncalibrated_on_images_never_tested(shipped):
+    """``atp`` spends ``keep`` as its mean layer share out of the box (``budget="sample"``): the benchmark does not
+    tune it, and the share the decoder layers process on the test images follows ``keep`` (here 0.5 vs 1.0)."""
     from benchmarks.accuracy import run_all
 
     model, processor, _ = shipped
@@ -61,9 +61,8 @@ def test_adaptive_reducers_are_calibrated_to_each_keep_on_images_never_tested(sh
     results = run_all(model, processor, items, batch=20, reducers=["atp", "fastervlm"], keeps=(1.0, 0.5))
     atp = results["reducers"]["atp"]
     for keep in ("1.0", "0.5"):
-        tuned = atp[keep]["calibration"]
-        assert tuned["reached"] and tuned["achieved"] == pytest.approx(float(keep), abs=0.01)
-        assert atp[keep]["layer_share"] == pytest.approx(float(keep), abs=0.1)  # test images, not tuned on
+        assert "calibration" not in atp[keep]
+        assert atp[keep]["layer_share"] == pytest.approx(float(keep), abs=0.05)
     assert "calibration" not in results["reducers"]["fastervlm"]["0.5"]  # fixed-keep reducers are not tuned
     assert results["reducers"]["fastervlm"]["0.5"]["visual_tokens_kept"] == 72
 
