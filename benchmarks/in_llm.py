@@ -12,10 +12,11 @@ last-position logits, vision tower included, SDPA attention) of:
   ``(B, H, N, N)`` probabilities, from which the last token's head-mean row picks the top-k visual
   tokens; hooks then drop the rest from layer K on. (peer)/(vtr) > 1 means vtr's scoring from q/k
   is cheaper;
-- ``aim``: ``vtr.patch(model, "aim")``: merge each image to 0.25 before the LLM, then PageRank
-  pruning with the linear schedule from 14/28 to 22/28 of the depth; ``aim_merge``: ``prune=False``;
-- ``atp``: ``vtr.patch(model, "atp")`` with its default (uncalibrated) top-p masses;
-  ``atp_calibrated``: after ``vtr.calibrate(model, samples)`` to a mean share of 0.25 on a few other photos.
+- ``aim``: ``vtr.patch(model, "aim")``: keep 0.25 as its total budget (mean layer share): merge each image
+  to 0.25 / S before the LLM, then PageRank pruning with the linear schedule from 14/28 to 22/28 of the depth
+  (S: the share that schedule leaves); ``aim_merge``: ``prune=False`` (merging alone to 0.25);
+- ``atp``: ``vtr.patch(model, "atp")`` with its defaults (``budget="sample"``: every row meets keep 0.25);
+  ``atp_calibrated``: after ``vtr.calibrate(model, samples)`` (which, for that budget, only reports the share).
 
 Each is reported against its analytic FLOPs ratio (``model.vtr.stats.flops_ratio``), with the
 visual tokens every decoder layer processed and the size of the KV cache the prefill returns.
