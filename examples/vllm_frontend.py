@@ -45,6 +45,12 @@ def chat_completion(server: str, model: str, content: list[dict], max_tokens: in
         return json.loads(response.read())
 
 
+def served_model(server: str) -> str:
+    """The first model the server lists (``GET /v1/models``): its name is however the server was told it."""
+    with urllib.request.urlopen(f"{server.rstrip('/')}/v1/models", timeout=60) as response:
+        return json.loads(response.read())["data"][0]["id"]
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default=str(CHECKPOINT), help="HF checkpoint folder; the server must serve the same one")
-    parser.add_argument("--served-name", default=None, help="model name the server knows (default: --model)")
+    parser.add_argument("--served-name", default=None, help="model name the server knows (default: the first it lists)")
     parser.add_argument("--image", default=None, help="image file (default: a held-out shapes scene)")
     parser.add_argument("--question", default=None)
     parser.add_argument("--reducer", default="fastervlm")
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     content = serving.openai_content(prompt, question, dtype=getattr(torch, args.dtype))
     start = time.perf_counter()
     try:
-        reply = chat_completion(args.server, args.served_name or args.model, content, args.max_tokens)
+        reply = chat_completion(args.server, args.served_name or served_model(args.server), content, args.max_tokens)
     except urllib.error.URLError as error:  # HTTPError included: the server's message is in its body
         detail = error.read().decode(errors="replace")[:500] if isinstance(error, urllib.error.HTTPError) else error.reason
         print(f"vllm_frontend: the server at {args.server} did not answer ({detail}); start it with the command in "
