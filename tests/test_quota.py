@@ -18,7 +18,7 @@ from vtr.reducers.quota import assignments
 from vtr.testing import example_inputs, random_frames, tiny_model
 
 FAMILIES = ["video_llava", "qwen2_vl"]
-QUESTION_SUFFIX = ("\nDoes the image contain sufficient information to answer the given question? A. yes B. no\n"
+QUESTION_SUFFIX = ("\nDoes the image contain sufficient information to answer the given question? A. yes, B. no\n"
                    "Answer with the option's letter directly.")
 FAST = dict(decouple_tokens=6)  # random weights never write a list: a few tokens exercise the pass
 
@@ -147,7 +147,7 @@ def test_decoupled_objects_become_the_scoring_question(models, cache, monkeypatc
     with torch.no_grad():
         frame = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"]).pooler_output[:1]
         text = tok.encode("USER: ") + [video_id] * 257 + tok.encode(
-            "\nDoes the image contain any object of cat, dog? A. yes B. no\nAnswer with the option's letter directly. "
+            "\nDoes the image contain any object of cat, dog? A. yes, B. no\nAnswer with the option's letter directly. "
             "ASSISTANT:", add_special_tokens=False)
         logits = model(input_ids=torch.tensor([text]),
                        mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=frame)}).logits
