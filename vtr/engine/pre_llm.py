@@ -90,18 +90,23 @@ def validate_plan(plan: list[torch.Tensor], visual, reducer_name: str) -> None:
 
 
 def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
-    """Reduced kwargs for the original ``forward``/``generate``; sets ``handle.stats``."""
+    """Reduced kwargs for the original ``forward``/``generate``; sets ``handle.stats``.
+
+    ``inputs_embeds`` with visual inputs: the placeholders are found where the embeddings equal the
+    placeholder token's embedding (as the model itself finds them), and the embeddings are gathered
+    with the kept columns like every sequence input, so the reduced call gets shorter ``inputs_embeds``.
+    """
     adapter, config = handle.adapter, handle.config
-    adapter.check_inputs(kwargs)
-    config.validate()
-    check_positions(adapter, config)
-    check_signals(adapter, handle.spec.reducer_class(config))
-    stats = ReductionStats(reducer=handle.reducer, description=handle.description)
     derived_ids = False
     if (kwargs.get("input_ids") is None and kwargs.get("inputs_embeds") is not None
             and any(kwargs.get(k) is not None for k in adapter.visual_inputs)):
         kwargs = {**kwargs, "input_ids": adapter.placeholder_ids_from_embeds(kwargs["inputs_embeds"])}
         derived_ids = True
+    adapter.check_inputs(kwargs)
+    config.validate()
+    check_positions(adapter, config)
+    check_signals(adapter, handle.spec.reducer_class(config))
+    stats = ReductionStats(reducer=handle.reducer, description=handle.description)
     handle.stats = stats
     if not handle.spec.reducer_class.has_pre_llm_stage():
         record_llm_input(stats, adapter, kwargs)
@@ -136,14 +141,14 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     record_counts(stats, adapter, kwargs, encoded, token_keep)
     # Aligned with the reduced prompt's rows: re-padding entries are -1.
     stats.kept_columns = padded_columns(columns, padding_side(kwargs.get("attention_mask")))
+    if derived_ids:  # the model gets the caller's (gathered) embeddings, as called
+        new_kwargs.pop("input_ids")
     return new_kwargs
 
 
 def record_llm_input(stats: ReductionStats, adapter, kwargs) -> None:
     """Stats of a call whose visual tokens all enter the LLM (no pre-LLM stage)."""
     input_ids = kwargs.get("input_ids")
-    if derived_ids:  # the model gets the caller's (gathered) embeddings, as called
-        new_kwargs.pop("input_ids")
     if input_ids is None:
         return
     visual = torch.isin(input_ids, torch.tensor(adapter.placeholder_ids(), device=input_ids.device))
