@@ -180,12 +180,17 @@ def test_mismatched_placeholders_raise_clearly(llava, inputs2):
         model(**{**inputs2, "input_ids": ids})
 
 
-def test_inputs_embeds_with_pixels_is_rejected(llava, inputs2):
+def test_inputs_embeds_with_pixels_is_reduced_like_input_ids(llava, inputs2):
+    """Since generation parity (issue 12): the placeholders are found from the embeddings and the embeddings are
+    gathered with the kept columns, so the call equals the same call made with ``input_ids``."""
     model, _ = llava
-    vtr.patch(model, "fastervlm")
-    embeds = model.get_input_embeddings()(inputs2["input_ids"])
-    with pytest.raises(ValueError, match="input_ids"):
-        model(inputs_embeds=embeds, pixel_values=inputs2["pixel_values"], attention_mask=inputs2["attention_mask"])
+    vtr.patch(model, "fastervlm", keep=0.25)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs2["input_ids"])
+        by_embeds = model(inputs_embeds=embeds, pixel_values=inputs2["pixel_values"],
+                          attention_mask=inputs2["attention_mask"]).logits
+        by_ids = model(**inputs2).logits
+    assert by_embeds.shape == by_ids.shape and torch.allclose(by_embeds, by_ids, atol=1e-5)
 
 
 def test_third_party_reducer_registers_without_touching_vtr(llava, inputs2):
