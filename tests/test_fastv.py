@@ -153,12 +153,14 @@ def test_loss_covers_text_tokens_of_the_kept_rows(llava, inputs2):
     vtr.patch(model, "fastv", keep=0.25)
     with torch.no_grad():
         out = model(**inputs2, labels=labels)
-    cols = torch.stack(model.vtr.stats.kept_columns)  # caller columns behind each logits row
-    kept_labels = labels.gather(1, cols)
-    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), kept_labels[:, 1:].flatten(),
-                                                 ignore_index=-100)
+    cols = torch.stack(model.vtr.stats.kept_columns)  # caller columns behind each logits row (-1: filler)
+    # each kept row is scored on the caller token that follows its own column, as it is unpruned (issue 12)
+    next_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    expected_labels = next_labels.gather(1, cols.clamp(min=0)).masked_fill(cols < 0, -100)
+    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), expected_labels.flatten(), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected)
-    # only text tokens carry labels, and every text token survived, so text-to-text pairs are intact
+    # only text tokens carry labels, and every text token survived
+    kept_labels = labels.gather(1, cols.clamp(min=0)).masked_fill(cols < 0, -100)
     assert int((kept_labels != -100).sum()) == int((labels != -100).sum())
 
 
@@ -166,9 +168,10 @@ def test_bad_layer_is_rejected(llava, inputs2):
     model, _ = llava
     with pytest.raises(ValueError, match="layer"):
         vtr.patch(model, "fastv", layer=0)
-    vtr.patch(model, "fastv", layer=4)
-    with pytest.raises(ValueError, match="below the LLM's 4 layers"):
-        model(**inputs2)
+    # checked against the model's depth at patch time (issue 18), before anything changes
+    with pytest.raises(ValueError, match=r"layer=4 is out of range for a LLM of 4 layers; allowed: 1\.\.3"):
+        vtr.patch(model, "fastv", layer=4)
+    assert not vtr.is_patched(model)
 
 
 def test_bf16(llava, inputs2):
