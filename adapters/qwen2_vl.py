@@ -37,7 +37,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vtr.adapters.base import Adapter, Encoded
 from vtr.adapters.layout import describe_views, item_rows
-from vtr.engine.splice import Segment, gather_columns
+from vtr.engine.splice import Segment, gather_columns, padding_side
 from vtr.probes.vision import patch_attention_means
 from vtr.signals import Signal
 from vtr.visual import Signals, View, VisualTokens
@@ -63,6 +63,24 @@ PATCH_ATTENTION_NOTE = (
 def present_modalities(kwargs: dict) -> list[str]:
     """The modalities whose pixels are in the call, in ``MODALITIES`` order (images before videos)."""
     return [modality for modality, (pixels, *_) in MODALITIES.items() if kwargs.get(pixels) is not None]
+
+
+def packed_text_positions(text: torch.Tensor, columns: list[torch.Tensor], side: str) -> torch.Tensor:
+    """Text positions of the kept ``columns`` (per row, as :func:`gather_columns` takes them) of ``(B, N)``
+    caller positions ``text``, renumbered within each packed sequence: a sequence starts wherever a caller
+    position is not its left neighbour's + 1 (transformers' rule for packed inputs) and keeps its first value;
+    its kept columns then count up from there. ``(B, N')``; padding columns count up from 0."""
+    index = torch.arange(text.shape[1], device=text.device).expand_as(text)
+    starts = torch.ones_like(text, dtype=torch.bool)
+    starts[:, 1:] = text[:, 1:] - text[:, :-1] != 1
+    sequence = starts.long().cumsum(1)  # 1, 2, ... per packed sequence
+    first = text.gather(1, torch.where(starts, index, 0).cummax(1).values)  # each column's sequence start value
+    kept_sequence, kept_first = (gather_columns(t, columns, 0, side) for t in (sequence, first))
+    kept_index = torch.arange(kept_sequence.shape[1], device=text.device).expand_as(kept_sequence)
+    kept_starts = torch.ones_like(kept_sequence, dtype=torch.bool)
+    kept_starts[:, 1:] = kept_sequence[:, 1:] != kept_sequence[:, :-1]
+    rank = kept_index - torch.where(kept_starts, kept_index, 0).cummax(1).values
+    return kept_first + rank
 
 
 @dataclass
@@ -169,9 +187,13 @@ class Qwen2VLAdapter(Adapter):
             return
         types = kwargs.get("mm_token_type_ids")
         if types is None:
+            if kwargs.get("position_ids") is not None:
+                # The caller numbered every column (e.g. packed, padding-free sequences): the types only serve
+                # to compute M-RoPE positions, so, as in the unpatched model, they are not needed.
+                return
             raise ValueError(
-                "Qwen2-VL needs 'mm_token_type_ids' alongside visual inputs to compute its M-RoPE positions; "
-                "pass the processor's mm_token_type_ids"
+                "Qwen2-VL needs 'mm_token_type_ids' alongside visual inputs to compute its M-RoPE positions "
+                "(or explicit position_ids); pass the processor's mm_token_type_ids"
             )
         # get_rope_index walks the type runs while the features go where the placeholder ids are: both must agree
         ids, config = kwargs.get("input_ids"), self.model.config
@@ -316,10 +338,18 @@ class Qwen2VLAdapter(Adapter):
         new, columns = super().splice(kwargs, encoded, keep, positions, for_generate)
         position_ids = new["position_ids"]
         if position_ids.ndim == 3 and position_ids.shape[0] == 4:
-            # Row 0 holds the text positions the LLM builds its mask from; generate numbers them from
-            # the (shrunk) mask, so the reduced prompt gets what generate would give it.
+            # Row 0 holds the text positions the LLM builds its mask from (and, without an attention mask, where
+            # packed sequences start: wherever a position is not its left neighbour's + 1).
             position_ids = position_ids.clone()
-            position_ids[0] = self.text_positions(new["input_ids"], new.get("attention_mask"))
+            caller = kwargs.get("position_ids")
+            if caller is not None and caller.ndim == 3 and caller.shape[0] == 4:
+                # the caller's numbering (e.g. padding-free packing): renumbered within each of its sequences,
+                # so dropped columns leave no gap that would read as a sequence boundary
+                side = padding_side(kwargs.get("attention_mask"))
+                position_ids[0] = packed_text_positions(caller[0], columns, side)
+            else:
+                # generate numbers them from the (shrunk) mask, so the reduced prompt gets what generate would give it
+                position_ids[0] = self.text_positions(new["input_ids"], new.get("attention_mask"))
             new["position_ids"] = position_ids
         return new, columns
 

@@ -288,3 +288,34 @@ def test_received_attention_is_exact_in_query_blocks(qwen):
     assert len(whole) == int(inputs["video_grid_thw"][:, 0].sum())
     for a, b in zip(whole, blocked):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def packed(model, inputs):
+    """The padded batch ``inputs`` as one padding-free row (transformers' packing): the real columns of every
+    row side by side, ``(4, 1, N)`` position ids (text positions restarting at 0 per sequence, then the M-RoPE
+    rows of the unpatched model's ``get_rope_index``), and no ``mm_token_type_ids`` (not needed with positions)."""
+    mask = inputs["attention_mask"].bool()
+    rope, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                         image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+    text = torch.cat([torch.arange(n) for n in mask.sum(1).tolist()])
+    return {"input_ids": inputs["input_ids"][mask][None], "pixel_values": inputs["pixel_values"],
+            "image_grid_thw": inputs["image_grid_thw"],
+            "position_ids": torch.cat([text[None], rope[:, mask]])[:, None, :]}
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_padding_free_packed_call_equals_padded_batch(qwen, keep):
+    """Packed sequences with caller position ids (no mm_token_type_ids, as transformers' own padding-free test
+    passes them) are reduced like the padded batch: each sequence's last logits equal the padded row's. The
+    text positions are renumbered within each packed sequence, so dropped columns do not read as sequence starts."""
+    model, processor = qwen
+    inputs = batch_inputs(processor, "image", batch=2)
+    vtr.patch(model, "fastervlm", keep=keep)
+    padded = forward_logits(model, inputs, use_cache=False)[:, -1]
+    image = (inputs["input_ids"] == model.config.image_token_id).sum(1)
+    kept = torch.tensor([budget(keep, int(n)) for n in image])
+    ends = (inputs["attention_mask"].sum(1) - image + kept).cumsum(0) - 1
+    # use_cache=False: transformers reads packed sequences from the positions only without a cache
+    packed_logits = forward_logits(model, packed(model, inputs), use_cache=False)[0]
+    assert packed_logits.shape[0] == int(ends[-1]) + 1
+    torch.testing.assert_close(packed_logits[ends], padded, rtol=1e-5, atol=1e-5)
