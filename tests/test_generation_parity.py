@@ -346,3 +346,40 @@ def test_text_only_forward_with_a_custom_4d_mask(llava):
         with vtr.patched(model, "fastervlm", keep=0.5):
             patched = model(ids, attention_mask=mask, position_ids=torch.arange(4)[None]).logits
     torch.testing.assert_close(patched, reference, rtol=0, atol=0)
+
+
+class RecordingStreamer:
+    """A ``BaseStreamer`` that keeps what ``generate`` hands it."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value.clone())
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.25}), ("fastv", {"keep": 0.5, "layer": 1})])
+def test_streamer_sees_the_callers_prompt_then_the_new_tokens(family_model, reducer, settings):
+    """A streamer gets what it gets from the unpatched model's generate: the caller's prompt first (not the
+    reduced one, which would print fewer image placeholders with ``TextStreamer(skip_prompt=False)``), then
+    each generated token; ``TextStreamer`` prints the decoded answer."""
+    from transformers import TextStreamer
+
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=1, seed=3)
+    with vtr.patched(model, reducer, **settings):
+        streamer = RecordingStreamer()
+        sequences = model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=streamer,
+                                   suppress_tokens=special_ids(model))
+        assert model.vtr.stats.visual_tokens_out < model.vtr.stats.visual_tokens_in
+        assert torch.equal(streamer.puts[0], inputs["input_ids"])
+        new = torch.cat([p.reshape(-1) for p in streamer.puts[1:]])
+        assert torch.equal(new, sequences[0, inputs["input_ids"].shape[1]:]) and streamer.ended
+        printed = []
+        text = TextStreamer(processor.tokenizer, skip_prompt=False)
+        text.on_finalized_text = lambda chunk, stream_end=False: printed.append(chunk)
+        model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=text, suppress_tokens=special_ids(model))
+    assert "".join(printed) == processor.tokenizer.decode(sequences[0])

@@ -18,6 +18,7 @@ from vtr.adapters import adapter_for
 from vtr.engine import continuation
 from vtr.engine.in_llm import llm_stage, loss_on_kept, record_llm_stage
 from vtr.engine.pre_llm import check_positions, check_signals, reduce_call
+from vtr.engine.streaming import CallerPromptStreamer
 from vtr.config import ReducerConfig, model_info
 from vtr.registry import make_config
 from vtr.stats import ReductionStats
@@ -146,6 +147,8 @@ class VTRHandle:
             else:
                 reduced, columns = self._reduce_with_columns(call)
                 stage = llm_stage(self, reduced)
+        if reduced.get("streamer") is not None and prompt is not None:
+            reduced["streamer"] = CallerPromptStreamer(reduced["streamer"], prompt)
         self._local.in_generate = True
         try:
             with stage as engine:
