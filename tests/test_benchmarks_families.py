@@ -49,9 +49,27 @@ def test_oracle_matches_patched_model(run):
             assert c["positions_equal"]
             assert c["prompt_tokens"] == case["prompt_tokens"] - (c["visual_tokens_in"] - c["visual_tokens"])
             assert c["kept_columns"] == sorted(set(c["kept_columns"]))
-    qwen = cases(run)["qwen2_vl_image"]["checks"][str(KEEPS[0])]
-    assert qwen["llm_position_shape"][0] == 3  # M-RoPE (t, h, w) rows reach the LLM
-    assert qwen["adapted"] and qwen["notes"]  # no [CLS]: the substitute signal is noted
+    for name in ("qwen2_vl_image", "qwen2_5_vl_image", "qwen2_5_vl_video", "qwen3_vl_image"):
+        qwen = cases(run)[name]["checks"][str(KEEPS[0])]
+        assert qwen["llm_position_shape"][0] == 3, name  # M-RoPE (t, h, w) rows reach the LLM
+    for name, case in cases(run).items():
+        for c in case["checks"].values():  # no [CLS] (Qwen towers, SigLIP): the substitute signal is noted
+            assert c["adapted"] == (name not in ("llava_next", "video_llava")), name
+            assert not c["adapted"] or any("adapted" in note for note in c["notes"]), name
+
+
+def test_deepstack_levels_reach_the_llm_gathered(run):
+    """Qwen3-VL: both calls hand the LLM one feature row per kept visual token at every DeepStack level,
+    with the same mask; other families hand none."""
+    c = cases(run)
+    levels = len(run["json"]["setup"]["config"]["qwen3_vision"]["deepstack_visual_indexes"])
+    for check in c["qwen3_vl_image"]["checks"].values():
+        stack = check["deepstack"]
+        assert stack["levels"] == levels and stack["masks_equal"]
+        assert stack["rows"] == check["visual_tokens"] < c["qwen3_vl_image"]["visual_tokens"]
+        assert stack["max_abs_diff"] < 1e-4
+    assert all("deepstack" not in k for name, case in c.items() if name != "qwen3_vl_image"
+               for k in case["checks"].values())
 
 
 def test_token_counts_follow_each_geometry(run):
@@ -68,13 +86,40 @@ def test_token_counts_follow_each_geometry(run):
         per_view = [keep_count(keep, h * w) for h, w in check["view_grids"]]
         assert check["kept_patches_per_view"] == per_view
         assert check["visual_tokens"] == sum(per_view) + newlines  # newlines are always kept
-    for name in ("qwen2_vl_image", "qwen2_vl_video"):
+    for name in ("qwen2_vl_image", "qwen2_vl_video", "qwen2_5_vl_image", "qwen2_5_vl_video", "qwen3_vl_image"):
         q = c[name]
         t, h, w = q["geometry"]["grid_thw"]
         assert q["visual_tokens"] == t * h * w // 4
         for keep in KEEPS:
             assert q["checks"][str(keep)]["visual_tokens"] == t * keep_count(keep, h * w // 4)
     assert c["qwen2_vl_video"]["geometry"]["frame_groups"] > 1
+    assert c["qwen2_5_vl_video"]["geometry"]["frame_groups"] > 1
+    assert c["qwen2_5_vl_video"]["geometry"]["second_per_grid_ts"] == 2 / run["json"]["setup"]["config"]["qwen25_fps"]
+    assert c["qwen3_vl_image"]["geometry"]["patch_size"] == 16
+    one = c["llava_onevision_image"]
+    g = one["geometry"]
+    rows, cols = g["crop_grid"]
+    assert g["views"] == 1 + rows * cols
+    for keep in KEEPS:
+        check = one["checks"][str(keep)]
+        base, stitched = check["view_grids"]  # the base view, then the crops stitched into one grid
+        assert base == [g["grid"], g["grid"]] and stitched == [rows * g["grid"], cols * g["grid"]]  # square: no unpad
+        newlines = one["visual_tokens"] - check["surviving_patches"]
+        assert newlines == stitched[0]  # one image_newline per row of the stitched grid
+        per_view = [keep_count(keep, h * w) for h, w in check["view_grids"]]
+        assert check["kept_patches_per_view"] == per_view
+        assert check["visual_tokens"] == sum(per_view) + newlines
+    ov = c["llava_onevision_video"]
+    frames, pooled = ov["geometry"]["frames"], ov["geometry"]["pooled"]
+    assert pooled == -(-ov["geometry"]["grid"] // 2)  # 2×2 pooling, rounded up (27 → 14 on the real model)
+    assert ov["visual_tokens"] == frames * pooled * pooled + 1  # + one image_newline after the last frame
+    for keep in KEEPS:
+        assert ov["checks"][str(keep)]["visual_tokens"] == frames * keep_count(keep, pooled * pooled) + 1
+    gemma = c["gemma3_image"]
+    g = gemma["geometry"]
+    assert g["pooled"] * g["pool"] == g["grid"] and gemma["visual_tokens"] == g["pooled"] ** 2
+    for keep in KEEPS:
+        assert gemma["checks"][str(keep)]["visual_tokens"] == keep_count(keep, g["pooled"] ** 2)
     v = c["video_llava"]
     frames, grid = v["geometry"]["frames"], v["geometry"]["grid"]
     assert v["visual_tokens"] == frames * (grid * grid + 1)
@@ -101,7 +146,13 @@ def test_markdown_section_written_once(run):
     begin, end = markers("families")
     assert text.count(begin) == 1 and text.count(end) == 1
     assert "A note written by hand." in text
-    for title in ("LLaVA-NeXT, image", "Qwen2-VL, image", "Qwen2-VL, video", "Video-LLaVA, video"):
+    for title in ("LLaVA-NeXT, image", "Qwen2-VL, image", "Qwen2-VL, video", "Video-LLaVA, video", "Qwen2.5-VL, image",
+                  "Qwen2.5-VL, video", "Qwen3-VL, image", "LLaVA-OneVision, image", "LLaVA-OneVision, video",
+                  "Gemma 3, image"):
         assert f"| {title} | (a) unpatched |" in text
-    assert "| Qwen2-VL, image | (b) vtr fastervlm (adapted) | 0.1 |" in text
+        assert f"- **{title}**:" in text  # its geometry line
+    for title in ("Qwen2-VL, image", "Qwen3-VL, image", "LLaVA-OneVision, video", "Gemma 3, image"):
+        assert f"| {title} | (b) vtr fastervlm (adapted) | 0.1 |" in text
+    assert "| LLaVA-NeXT, image | (b) vtr fastervlm | 0.1 |" in text
+    assert "DeepStack features differ by at most" in text
     assert "Machine:" in text
