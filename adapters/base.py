@@ -135,6 +135,21 @@ class Adapter:
             )
         if has_visual and kwargs.get("mm_encoder_outputs"):
             raise ValueError("pass either raw visual inputs or mm_encoder_outputs to a patched model, not both")
+        if has_visual:
+            # these are gathered at the kept columns of the caller's prompt, so they must be aligned with it
+            shape = tuple(kwargs["input_ids"].shape)
+            for key in SEQUENCE_INPUTS:
+                value = kwargs.get(key)
+                if key == "attention_mask" and isinstance(value, torch.Tensor) and value.ndim == 4:
+                    raise ValueError(
+                        f"attention_mask is a custom 4-D mask of shape {tuple(value.shape)}; with visual inputs a "
+                        "patched model takes a 2-D padding mask (B, N) only (4-D masks: text-only calls)"
+                    )
+                if key != "input_ids" and isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"{key} has shape {tuple(value.shape)}; a patched model needs it aligned with the caller's "
+                        f"input_ids, shape {shape} (one entry per prompt column, before any reduction)"
+                    )
 
     def encode(self, kwargs: dict) -> list[Encoded]:
         """Run the vision side with probes; one :class:`Encoded` per modality present ([] for none)."""

@@ -336,6 +336,24 @@ def test_labels_tuple_and_shift_labels(llava, reducer, settings):
         torch.testing.assert_close(output.loss, unpatched, rtol=0, atol=1e-6)
 
 
+def test_sequence_inputs_not_aligned_with_the_prompt_are_refused(llava):
+    """labels / shift_labels / masks are gathered at the kept prompt columns, so with visual inputs they must have
+    input_ids' shape: one sized like the *reduced* logits (transformers' shift_labels test builds them so) is a
+    clear error naming the argument, raised before anything runs, and the model still answers as configured."""
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=2, seed=12)
+    with vtr.patched(model, "fastervlm", keep=0.5), torch.no_grad():
+        reference = model(**inputs).logits
+        short = torch.zeros(reference.shape[:2], dtype=torch.long)  # (B, reduced length)
+        for key in ("labels", "shift_labels"):
+            with pytest.raises(ValueError, match=rf"{key} has shape \(2, {short.shape[1]}\).*input_ids, shape \(2, "):
+                model(**inputs, **{key: short})
+        square = torch.ones(2, 1, inputs["input_ids"].shape[1], inputs["input_ids"].shape[1])
+        with pytest.raises(ValueError, match="attention_mask is a custom 4-D mask"):
+            model(**{**inputs, "attention_mask": square})
+        assert torch.equal(model(**inputs).logits, reference)
+
+
 def test_text_only_forward_with_a_custom_4d_mask(llava):
     """A custom 4-D mask (shared-prefix packing) on a text-only call runs and matches the unpatched model."""
     model, _ = llava
