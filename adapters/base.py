@@ -191,6 +191,13 @@ class Adapter:
         """The model's feature output holding only the kept tokens (``keep``: per segment, token indices)."""
         raise NotImplementedError
 
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(k, D_vision)`` features in the space of ``Signal.PRE_PROJECTOR_FEATURES`` → ``(k, D)``, as the
+        model's projector maps them (features merged before the projector). Families that provide that
+        signal override this; the engine calls it for plan elements marked ``pre_projector``."""
+        raise NotImplementedError(f"{self.family!r} models do not project pre-projector features "
+                                  f"(they do not provide {Signal.PRE_PROJECTOR_FEATURES.value!r})")
+
     # -- splice ---------------------------------------------------------------------------------
     def default_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor:
         """The position ids the unpatched model would use for this unreduced prompt, ``(B, N)``."""

@@ -168,3 +168,141 @@ def test_bad_settings(llava):
     with pytest.raises(ValueError, match="temperature"):
         vtr.patch(model, "aim", temperature=0)
     assert not vtr.is_patched(model)
+
+
+# -- reference="llava": the reference's LLaVA-1.5 path, against a plain re-implementation --------------
+
+def plain_merge_round(x, metric, r):
+    """One round of the reference's bipartite merge, written out: even tokens (A) each pick their most
+    cosine-similar odd token (B) by ``metric``; the ``r`` A tokens with the best matches are folded into
+    their B token (plain mean of the B token and the A tokens folded into it this round); output
+    ``[unmerged A, best match first] + [B in order]``, for the features and for the metric alike."""
+    unit = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = list(range(0, len(x), 2)), list(range(1, len(x), 2))
+    similarity = unit[a] @ unit[b].T
+    best = [int(similarity[i].argmax()) for i in range(len(a))]
+    score = [float(similarity[i, best[i]]) for i in range(len(a))]
+    ranked = sorted(range(len(a)), key=lambda i: -score[i])  # stable: ties keep the earlier token
+    merged, unmerged = ranked[:r], ranked[r:]
+    groups = {j: [b[j]] for j in range(len(b))}
+    for i in merged:
+        groups[best[i]].append(a[i])
+
+    def emit(t):
+        return torch.stack([t[a[i]] for i in unmerged] + [t[groups[j]].mean(0) for j in range(len(b))])
+
+    return emit(x), emit(metric)
+
+
+def plain_reference_merge(x, keys, ratio):
+    """The reference's iterative merge of ``x`` by ``keys`` down to ``int(n·ratio)`` tokens."""
+    target = int(len(x) * ratio)
+    while len(x) > target:
+        x, keys = plain_merge_round(x, keys, min(len(x) // 2, len(x) - target))
+    return x
+
+
+def reference_llava_path(model, inputs, ratio):
+    """The reference's LLaVA-1.5 path for one image: the last tower layer's keys computed by hand from
+    its weights, the pre-projector patch features merged by them, then the projector; returns the
+    pre-projector merged features and the LLM's input embeddings of the shortened prompt."""
+    tower = model.model.vision_tower
+    with torch.no_grad():
+        hidden = tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        last = tower.encoder.layers[-1]
+        keys = last.self_attn.k_proj(last.layer_norm1(hidden[-2]))[0, 1:]  # the last layer's input is hidden[-2]
+        features = hidden[model.config.vision_feature_layer][0, 1:]  # the feature layer (-2), [CLS] dropped
+        merged = plain_reference_merge(features, keys, ratio)
+        projected = model.model.multi_modal_projector(merged)
+        ids = inputs["input_ids"][0]
+        image = (ids == model.config.image_token_id).nonzero().squeeze(1)
+        short = torch.cat([ids[: image[0]], ids[image[:1]].repeat(len(merged)), ids[image[-1] + 1:]])
+        embeds = model.get_input_embeddings()(short)
+        embeds[image[0]: image[0] + len(merged)] = projected
+    return merged, embeds[None]
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_reference_llava_equals_a_plain_reimplementation(llava, seed):
+    """Same merged features (before and after the projector) and same logits as the reference's path,
+    with int(576 · 0.3) = 172 tokens (rounding half up would keep 173)."""
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", batch=1, seed=seed)
+    merged, embeds = reference_llava_path(model, inputs, 0.3)
+    assert merged.shape[0] == 172
+    with torch.no_grad():
+        expected = model(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long)).logits
+    seen = {"projector": [], "llm": []}
+    hooks = [model.model.multi_modal_projector.register_forward_pre_hook(lambda m, a: seen["projector"].append(a[0])),
+             model.model.language_model.register_forward_pre_hook(
+                 lambda m, a, k: seen["llm"].append(k["inputs_embeds"]), with_kwargs=True)]
+    try:
+        with vtr.patched(model, "aim", keep=0.3, prune=False, reference="llava", weighted=False,
+                         preserve_order=False, positions="renumber"):
+            with torch.no_grad():
+                logits = model(**inputs).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+    projected_merges = [t for t in seen["projector"] if t.ndim == 2]  # the tower's own call is (1, 576, D)
+    assert len(projected_merges) == 1
+    torch.testing.assert_close(projected_merges[0], merged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["llm"][-1], embeds, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_llava_truncates_the_pruning_counts(llava8, inputs2):
+    """Merged to int(576 · 0.3) = 172, then l1 = 4, l2 = 7 on 8 layers: layer l keeps int(172 · (1 - (l - 4)/3))
+    visual tokens (114 and 57; rounding half up keeps 115 at layer 5)."""
+    model, _ = llava8
+    expected = [172] * 5 + [int(172 * (1 - (layer - 4) / 3)) for layer in (5, 6, 7)]
+    assert expected[5:] == [114, 57, 0]
+    settings = dict(keep=0.3 * 6 / 8, merge=0.3, prune_start=4, prune_end=7)
+    with vtr.patched(model, "aim", reference="llava", **settings):
+        with torch.no_grad():
+            model(**inputs2)
+        assert model.vtr.stats.visual_tokens_per_layer == [expected, expected]
+    with vtr.patched(model, "aim", **settings):  # vtr's own path rounds half up
+        with torch.no_grad():
+            model(**inputs2)
+        assert model.vtr.stats.visual_tokens_per_layer[0][5] == 115
+
+
+def test_reference_llava_keep_one_is_identity(llava, inputs2):
+    model, _ = llava
+    with torch.no_grad():
+        ref = model(**inputs2).logits
+    with vtr.patched(model, "aim", keep=1.0, reference="llava"):
+        with torch.no_grad():
+            assert torch.equal(model(**inputs2).logits, ref)
+
+
+def test_reference_llava_refused_where_the_family_cannot_provide_it():
+    model, processor = tiny_model("llava_next")
+    with pytest.raises(ValueError, match="pre_projector_features, tower_last_keys.*'llava_next' models do not provide"):
+        vtr.patch(model, "aim", reference="llava")
+    assert not vtr.is_patched(model)
+    inputs = example_inputs(processor, "llava_next", batch=1, seed=0)
+    vtr.patch(model, "aim", keep=0.5)
+    model.vtr.config.reference = "llava"  # a valid value; this family refuses it before the next call runs
+    with pytest.raises(ValueError, match="tower_last_keys"):
+        with torch.no_grad():
+            model(**inputs)
+    model.vtr.config.reference = None
+    with torch.no_grad():
+        model(**inputs)
+    assert model.vtr.stats.visual_tokens_in[0] > model.vtr.stats.visual_tokens_out[0]
+    vtr.unpatch(model)
+
+
+@pytest.mark.parametrize("value", ["llava15", "LLaVA", True, 1])
+def test_reference_bad_values(llava, value):
+    model, _ = llava
+    with pytest.raises(ValueError, match=r"reference .*'llava'"):
+        vtr.patch(model, "aim", reference=value)
+    assert not vtr.is_patched(model)
+    vtr.patch(model, "aim")
+    with pytest.raises(ValueError, match=r"reference .*'llava'"):
+        model.vtr.config.reference = value
+    assert model.vtr.config.reference is None
+    vtr.unpatch(model)

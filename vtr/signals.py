@@ -35,6 +35,15 @@ class Signal(str, Enum):
     #: placeholder of the view's prompt row (the instruction; all of the row's text when none follow),
     #: padding excluded; same space as the projected features (CDPruner's relevance)
     PROMPT_EMBEDDINGS = "prompt_embeddings"
+    #: ``(n_patches, H*d)`` per view: the key projections (``k_proj`` output, all heads side by side) of the
+    #: vision tower's *last* encoder layer at the view's patches, [CLS] row dropped, in the tower's dtype
+    #: (AIM's LLaVA-1.5 merge metric; declared in ``Reducer.vision_signals`` so the layer is probed)
+    TOWER_LAST_KEYS = "tower_last_keys"
+    #: ``(n_tokens, D_vision)`` per view: the tower features the projector maps to the view's ``features``
+    #: (prefix rows first), before the projector; a family that provides it also maps features of that
+    #: space through its projector (``Adapter.project_features``), so a reducer may merge them there
+    #: (declared in ``Reducer.vision_signals`` so the projector's input is recorded)
+    PRE_PROJECTOR_FEATURES = "pre_projector_features"
 
     def __str__(self) -> str:
         return self.value
@@ -42,6 +51,9 @@ class Signal(str, Enum):
 
 #: signals that need every vision layer probed while the tower runs
 LAYER_SIGNALS = frozenset({Signal.CLS_ATTENTION_LAYERS, Signal.CLS_LOGITS_LAYERS})
+
+#: signals recorded only for a reducer that declares them: the last tower layer's keys, the projector's input
+PRE_PROJECTOR_SIGNALS = frozenset({Signal.TOWER_LAST_KEYS, Signal.PRE_PROJECTOR_FEATURES})
 
 
 def as_signal(name: str | Signal) -> Signal:

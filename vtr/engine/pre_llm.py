@@ -16,11 +16,13 @@ from vtr.stats import ReductionStats, ViewRecord
 from vtr.visual import ModelAccess
 
 
-def apply_merge(visual, view_index: int, element) -> torch.Tensor:
+def apply_merge(visual, view_index: int, element, adapter=None) -> torch.Tensor:
     """A plan element's kept patch indices; merged features are written into the view's slots.
 
     Adapters build the reduced output from ``visual.features``, so a :class:`MergedView` only has
-    to place its features at the kept patch rows of a copy of the view's features.
+    to place its features at the kept patch rows of a copy of the view's features. A merged view
+    whose ``pre_projector`` attribute is true holds features of the tower's space
+    (``Signal.PRE_PROJECTOR_FEATURES``): ``adapter.project_features`` maps them first.
     """
     if not isinstance(element, MergedView):
         return element.to(torch.long)
@@ -28,8 +30,11 @@ def apply_merge(visual, view_index: int, element) -> torch.Tensor:
     index = element.index.to(torch.long)
     if element.features.shape[0] != index.numel():
         raise RuntimeError(f"a merged view has {element.features.shape[0]} features for {index.numel()} slots")
+    merged = element.features
+    if getattr(element, "pre_projector", False):
+        merged = adapter.project_features(merged)
     features = visual.features[view_index].clone()
-    features[index + view.n_prefix] = element.features.to(features.dtype)
+    features[index + view.n_prefix] = merged.to(features.dtype)
     visual.features[view_index] = features
     return index
 
@@ -105,14 +110,15 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     adapter.check_inputs(kwargs)
     config.validate()
     check_positions(adapter, config)
-    check_signals(adapter, handle.spec.reducer_class(config))
+    checked = handle.spec.reducer_class(config)
+    check_signals(adapter, checked)
     stats = ReductionStats(reducer=handle.reducer, description=handle.description)
     handle.stats = stats
     if not handle.spec.reducer_class.has_pre_llm_stage():
         record_llm_input(stats, adapter, kwargs)
         return kwargs  # the model encodes its visual inputs itself; the in-LLM stage prunes later
     start = time.perf_counter()
-    adapter.requested_signals = frozenset(handle.spec.reducer_class.vision_signals)
+    adapter.requested_signals = frozenset(checked.vision_signals)  # an instance's: they may follow its config
     encoded = adapter.encode(kwargs)
     for e in encoded:
         adapter.add_shared_signals(e, kwargs)
@@ -127,7 +133,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     for e in encoded:
         if e.visual.view_inputs is not None:
             e.visual.model = model_access(handle)
-        plan = [apply_merge(e.visual, v, p) for v, p in enumerate(reducer.plan(e.visual))]
+        plan = [apply_merge(e.visual, v, p, adapter) for v, p in enumerate(reducer.plan(e.visual))]
         validate_plan(plan, e.visual, handle.reducer)
         token_keep.append(adapter.segment_keep(e, plan))
         stats.notes += [n for n in e.visual.notes if n not in stats.notes]

@@ -32,23 +32,48 @@ class MergeResult:
     members: torch.Tensor
 
 
-def merge_step(x: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, r: int, weighted: bool):
+def merge_step(x: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, r: int, weighted: bool,
+               metric: torch.Tensor | None = None):
     """One bipartite round merging ``r`` tokens of set A (even positions) into set B (odd positions).
 
     Args:
-        x: ``(n, D)`` features (also the similarity metric, cosine); sizes: ``(n,)``; index: ``(n,)``.
+        x: ``(n, D)`` features (also the similarity metric, cosine, unless ``metric`` is given);
+            sizes: ``(n,)``; index: ``(n,)``.
+        metric: ``(n, D')`` a separate similarity metric (AIM's LLaVA-1.5 path: the tower's keys),
+            merged into the same groups as ``x`` and with the same weights.
     Returns:
         ``(x', sizes', index', survivors)`` where ``survivors[j]`` is the output slot of input ``j``;
         outputs are ``[unmerged A by decreasing similarity] + [B in order]`` (sorted later if asked).
+        With ``metric`` given, a fifth entry: the merged metric ``(n', D')``, in the same order.
     """
-    a, b = x[0::2], x[1::2]
-    metric_a = torch.nn.functional.normalize(a.float(), dim=-1)
-    metric_b = torch.nn.functional.normalize(b.float(), dim=-1)
+    m = x if metric is None else metric
+    metric_a = torch.nn.functional.normalize(m[0::2].float(), dim=-1)
+    metric_b = torch.nn.functional.normalize(m[1::2].float(), dim=-1)
     best_similarity, best_b = (metric_a @ metric_b.T).max(dim=-1)  # (n_a,)
     order = torch.sort(best_similarity, descending=True, stable=True).indices
     merged_a, kept_a = order[:r], order[r:]
 
     size_a, size_b = sizes[0::2], sizes[1::2]
+    new_size_b = size_b.index_add(0, best_b[merged_a], size_a[merged_a])
+    x_out = fold(x, size_a, size_b, merged_a, kept_a, best_b, weighted)
+    sizes_out = torch.cat([size_a[kept_a], new_size_b])
+    index_out = torch.cat([index[0::2][kept_a], index[1::2]])
+    slot = torch.empty(len(x), dtype=torch.long)
+    slot_a = torch.empty(len(size_a), dtype=torch.long)
+    slot_a[kept_a] = torch.arange(len(kept_a))
+    slot_a[merged_a] = len(kept_a) + best_b[merged_a]
+    slot[0::2] = slot_a
+    slot[1::2] = len(kept_a) + torch.arange(len(size_b))
+    if metric is None:
+        return x_out, sizes_out, index_out, slot
+    return x_out, sizes_out, index_out, slot, fold(metric, size_a, size_b, merged_a, kept_a, best_b, weighted)
+
+
+def fold(x: torch.Tensor, size_a: torch.Tensor, size_b: torch.Tensor, merged_a: torch.Tensor, kept_a: torch.Tensor,
+         best_b: torch.Tensor, weighted: bool) -> torch.Tensor:
+    """``(n, D)`` → ``[unmerged A] + [B, each the mean of itself and the A tokens folded into it]``."""
+    a, b = x[0::2], x[1::2]
+    r = len(merged_a)
     weight_a = size_a[merged_a].to(x.dtype) if weighted else torch.ones(r, dtype=x.dtype)
     weight_b = size_b.to(x.dtype) if weighted else torch.ones(len(b), dtype=x.dtype)
     # Weighted mean of each B token with the A tokens folded into it; unweighted = plain mean
@@ -56,28 +81,19 @@ def merge_step(x: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, r: int
     total = b * weight_b[:, None]
     total = total.index_add(0, best_b[merged_a], a[merged_a] * weight_a[:, None])
     weight = weight_b.index_add(0, best_b[merged_a], weight_a)
-    new_b = total / weight[:, None]
-    new_size_b = size_b.index_add(0, best_b[merged_a], size_a[merged_a])
-
-    x_out = torch.cat([a[kept_a], new_b])
-    sizes_out = torch.cat([size_a[kept_a], new_size_b])
-    index_out = torch.cat([index[0::2][kept_a], index[1::2]])
-    slot = torch.empty(len(x), dtype=torch.long)
-    slot_a = torch.empty(len(a), dtype=torch.long)
-    slot_a[kept_a] = torch.arange(len(kept_a))
-    slot_a[merged_a] = len(kept_a) + best_b[merged_a]
-    slot[0::2] = slot_a
-    slot[1::2] = len(kept_a) + torch.arange(len(b))
-    return x_out, sizes_out, index_out, slot
+    return torch.cat([a[kept_a], total / weight[:, None]])
 
 
-def merge_to(x: torch.Tensor, target: int, weighted: bool = True, preserve_order: bool = True) -> MergeResult:
+def merge_to(x: torch.Tensor, target: int, weighted: bool = True, preserve_order: bool = True,
+             metric: torch.Tensor | None = None) -> MergeResult:
     """Merge ``x`` ``(N, D)`` down to ``target`` tokens by repeated bipartite rounds.
 
     Each round merges ``r = min(n // 2, n - target)`` tokens, as AIM's iterative schedule does.
     ``weighted``: size-weighted averages carried across rounds (the mass ``Σ size·x`` is conserved);
     ``False`` reproduces the reference's unweighted per-round means. ``preserve_order``: outputs
     sorted by representative index (spatial order); ``False`` keeps the reference's emitted order.
+    ``metric``: ``(N, D')`` the similarity metric, if not ``x`` itself; merged alongside ``x`` each
+    round (as AIM's LLaVA-1.5 code merges the keys with themselves), so later rounds match merged metrics.
     """
     n = x.shape[0]
     sizes = torch.ones(n, dtype=torch.long)
@@ -85,10 +101,14 @@ def merge_to(x: torch.Tensor, target: int, weighted: bool = True, preserve_order
     members = torch.arange(n)
     while x.shape[0] > target:
         r = min(x.shape[0] // 2, x.shape[0] - target)
-        x, sizes, index, slot = merge_step(x, sizes, index, r, weighted)
+        if metric is None:
+            x, sizes, index, slot = merge_step(x, sizes, index, r, weighted)
+        else:
+            x, sizes, index, slot, metric = merge_step(x, sizes, index, r, weighted, metric)
         members = slot[members]
         if preserve_order:
             order = index.argsort()
             x, sizes, index = x[order], sizes[order], index[order]
+            metric = None if metric is None else metric[order]
             members = order.argsort()[members]
     return MergeResult(x, sizes, index, members)
