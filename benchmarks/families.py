@@ -742,6 +742,11 @@ def markdown(result: dict) -> str:
             if stacks else "") + ".",
         machine_line(result["machine"]),
     ]
+    dates = sorted({case.get("measured", result["machine"]["date"]) for case in result["cases"]})
+    if len(dates) > 1:  # --carry-cases: some cases come from an earlier run on the same settings
+        paragraphs.insert(-1, "Measured in separate runs with the same settings: " + "; ".join(
+            f"{', '.join(c['title'] for c in result['cases'] if c.get('measured', result['machine']['date']) == d)}"
+            f" on {d}" for d in dates) + ".")
     return "\n\n".join(paragraphs) + "\n"
 
 
@@ -752,7 +757,30 @@ TIMING = TimingDefaults(warmup=1, repeats=5, max_seconds=180.0, quick_warmup=1)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = timing_parser("benchmarks.families", __doc__, SECTION, TIMING, keeps=KEEPS)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="cases to run (default: all)")
+    p.add_argument("--carry-cases", action="store_true",
+                   help="keep the cases not run from the existing --json result (same settings required; each "
+                        "keeps its own measurement date, stated in the section)")
     return parse_timing_args(p, argv, TIMING)
+
+
+def carried_cases(args: argparse.Namespace, config: dict, keeps: tuple[float, ...]) -> dict[str, dict]:
+    """``--carry-cases``: the cases of the existing ``--json`` result that this run does not measure.
+
+    Refused unless that result was measured with the same models, keeps and timing settings."""
+    import json
+    from pathlib import Path
+
+    path = Path(args.json)
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    new = dict(**timing_setup(args), keeps=list(keeps), config=json.loads(json.dumps(config)))
+    differ = sorted(k for k, v in new.items() if k != "seed" and old.get("setup", {}).get(k) != v)
+    if differ:
+        raise SystemExit(f"--carry-cases: {path} was measured with other settings ({', '.join(differ)}); "
+                         "rerun every case instead")
+    return {c["case"]: dict(c, measured=c.get("measured", old["machine"]["date"])) for c in old["cases"]
+            if c["case"] not in args.cases}
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:
@@ -763,6 +791,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     torch.manual_seed(args.seed)
     config = QUICK if args.quick else FULL
     keeps = tuple(sorted(set(args.keeps), reverse=True))
+    carried = carried_cases(args, config, keeps) if args.carry_cases else {}
     cases = []
     try:
         with torch.no_grad():
@@ -771,6 +800,10 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         info = machine_info(dtype=cases[0]["dtype"], attention=cases[0]["attention"])
     finally:
         torch.set_num_threads(threads)
+    for case in cases:
+        case["measured"] = info["date"]
+    run = {c["case"]: c for c in cases}
+    cases = [run.get(name) or carried[name] for name in CASES if name in run or name in carried]
     result = dict(
         benchmark=SECTION,
         command=command_line("benchmarks.families", argv),

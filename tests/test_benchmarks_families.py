@@ -156,3 +156,22 @@ def test_markdown_section_written_once(run):
     assert "| LLaVA-NeXT, image | (b) vtr fastervlm | 0.1 |" in text
     assert "DeepStack features differ by at most" in text
     assert "Machine:" in text
+
+
+def test_carry_cases_keeps_the_other_cases_of_the_same_settings(run, tmp_path):
+    """``--cases X --carry-cases`` reruns X only and keeps every other case of the existing result as it was;
+    a result measured with other settings is refused rather than mixed in."""
+    js = tmp_path / "families.json"
+    js.write_text(json.dumps(run["json"]))
+    md = tmp_path / "BENCHMARKS.md"
+    args = ["--quick", "--md", str(md), "--json", str(js), "--carry-cases"]
+    families.main([*args, "--cases", "gemma3_image"], log=lambda *_: None)
+    new = {c["case"]: c for c in json.loads(js.read_text())["cases"]}
+    assert list(new) == list(families.CASES)  # the section's order, every case
+    for name, case in cases(run).items():
+        if name != "gemma3_image":
+            assert new[name] == case  # as measured, with its own date
+    assert new["gemma3_image"]["checks"].keys() == cases(run)["gemma3_image"]["checks"].keys()
+    assert "| Gemma 3, image | (a) unpatched |" in md.read_text()
+    with pytest.raises(SystemExit, match="other settings"):
+        families.main([*args, "--cases", "gemma3_image", "--keeps", "0.5"], log=lambda *_: None)
