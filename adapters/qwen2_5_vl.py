@@ -16,7 +16,9 @@ adapter, a subclass of :class:`~vtr.adapters.qwen2_vl.Qwen2VLAdapter`, handles i
   merge mean), then moved from window order back to raster order. ``signal_block`` may name any
   full-attention block; a windowed block is refused (its attention never crosses a window, so its columns
   do not rank an image's tokens against each other). FoPru's patch-attention means come from the same block.
-  Both are labelled adapted in ``stats.notes``.
+  Both are labelled adapted in ``stats.notes``. A tower with no full-attention block at all (every
+  ``fullatt_block_indexes`` entry at or past its depth, as in transformers' own tiny test configs) has only
+  windowed blocks: the signals then come from one of them (default the last), per window, and the note says so.
 - **Absolute time.** For video, ``get_rope_index`` spaces frame groups by
   ``tokens_per_second · second_per_grid_ts`` temporal positions; the adapter passes the processor's
   ``second_per_grid_ts`` when it computes the unreduced positions, so kept tokens keep their time positions.
@@ -31,6 +33,7 @@ import torch
 from transformers.vision_utils import get_vision_window_index
 
 from vtr.adapters.qwen2_vl import PATCH_ATTENTION_NOTE, SUBSTITUTE_NOTE, Qwen2VLAdapter
+from vtr.probes.vision import patch_attention_means
 from vtr.visual import View, VisualTokens
 
 NOTES = {
@@ -45,6 +48,21 @@ NOTES = {
         "window, in raster order; there is no [CLS] to exclude"
     ),
 }
+#: the same signals on a tower none of whose blocks attends globally (every ``fullatt_block_indexes`` entry at
+#: or past its depth, as in transformers' own tiny test configs): read from a windowed block, the only kind there is
+WINDOWED_NOTES = {
+    SUBSTITUTE_NOTE: (
+        "cls_attention on qwen2_5_vl is the adapted received-attention substitute (no [CLS]): attention each merged "
+        "token receives in windowed vision block {block} (this tower has no full-attention block, so the scores "
+        "rank tokens only against their own window), column mean over its image/frame group, head mean, 2x2 merge "
+        "mean, put back from window order into raster order"
+    ),
+    PATCH_ATTENTION_NOTE: (
+        "patch_attention_*_means on qwen2_5_vl (FoPru's significance) is adapted: the patch-to-patch attention of "
+        "windowed vision block {block} (this tower has no full-attention block) per image/frame group, head mean, "
+        "then the mean over each 2x2 merge window, in raster order; there is no [CLS] to exclude"
+    ),
+}
 
 
 def relabel_notes(tokens: VisualTokens, block: int, notes: dict[str, str]) -> None:
@@ -53,6 +71,29 @@ def relabel_notes(tokens: VisualTokens, block: int, notes: dict[str, str]) -> No
         old, new = parent.format(block=block), mine.format(block=block)
         if old in tokens.notes:
             tokens.notes[:] = [n for n in tokens.notes if n not in (old, new)] + [new]
+
+
+def add_note(tokens: VisualTokens, note: str) -> None:
+    if note not in tokens.notes:
+        tokens.notes.append(note)
+
+
+def view_runs(chunks: list[torch.Tensor], views: list[View]) -> list[torch.Tensor]:
+    """Per-window scores ``(..., n_w)`` (window order, the windows of each view consecutive) → per view
+    ``(..., n_patches)``, each the concatenation of its windows' runs (still in window order)."""
+    out, start = [], 0
+    for view in views:
+        end, total = start, 0
+        while total < view.n_patches and end < len(chunks):
+            total += chunks[end].shape[-1]
+            end += 1
+        if total != view.n_patches:
+            raise RuntimeError("vision attention windows do not line up with the image/frame-group views")
+        out.append(torch.cat(chunks[start:end], dim=-1))
+        start = end
+    if start != len(chunks):
+        raise RuntimeError("vision attention windows do not line up with the image/frame-group views")
+    return out
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
@@ -71,8 +112,13 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     def signal_block(self) -> int:
         """The full-attention vision block whose attention substitutes for [CLS] attention (default: the last
         of ``fullatt_block_indexes``; negative counts from the end). Set it on the live handle:
-        ``model.vtr.adapter.signal_block = 15``; ``None`` restores the default. Checked at the next call."""
-        return self.full_attention_blocks[-1] if self._signal_block is None else self._signal_block
+        ``model.vtr.adapter.signal_block = 15``; ``None`` restores the default. Checked at the next call.
+        A tower without any full-attention block (every ``fullatt_block_indexes`` entry at or past its depth)
+        reads the signal from a windowed block, by default its last, and says so in ``stats.notes``."""
+        if self._signal_block is not None:
+            return self._signal_block
+        full = self.full_attention_blocks
+        return full[-1] if full else len(self.model.model.visual.blocks) - 1
 
     @signal_block.setter
     def signal_block(self, value: int | None) -> None:
@@ -80,31 +126,52 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
 
     @property
     def full_attention_blocks(self) -> list[int]:
-        return list(self.model.config.vision_config.fullatt_block_indexes)
+        """The tower's full-attention blocks: the ``fullatt_block_indexes`` it has (the config may name blocks
+        past its depth, which the tower never runs)."""
+        depth = len(self.model.model.visual.blocks)
+        return [b for b in self.model.config.vision_config.fullatt_block_indexes if 0 <= b < depth]
 
     # -- encode ---------------------------------------------------------------------------------
     def encode_modality(self, modality: str, kwargs: dict):
         block, depth, full = self.signal_block, len(self.model.model.visual.blocks), self.full_attention_blocks
-        if isinstance(block, bool) or not isinstance(block, int) or not -depth <= block < depth or block % depth not in full:
+        allowed = full or list(range(depth))  # no full-attention block: every block is windowed alike
+        if isinstance(block, bool) or not isinstance(block, int) or not -depth <= block < depth or block % depth not in allowed:
             raise ValueError(
                 f"signal_block={block} is not a full-attention block of this Qwen2.5-VL vision tower (the others "
                 f"attend within {self.model.config.vision_config.window_size}-pixel windows only); allowed: "
-                f"{', '.join(str(b) for b in full)}, or None for the last ({full[-1]})"
+                f"{', '.join(str(b) for b in allowed)}, or None for the last ({allowed[-1]})"
             )
         return super().encode_modality(modality, kwargs)
 
     def substitute_signal(self, probe, merge: int, tokens: VisualTokens) -> list[torch.Tensor]:
         """Per view ``(n_patches,)`` received attention of the full-attention block, in raster order."""
-        return self.raster_order(self.relabel(tokens, super().substitute_signal(probe, merge, tokens)), tokens.views)
+        if self.full_attention_blocks:
+            scores = super().substitute_signal(probe, merge, tokens)
+        else:  # a windowed block: one chunk per window, the windows of a view consecutive
+            add_note(tokens, SUBSTITUTE_NOTE.format(block=self.signal_block))
+            scores = view_runs(probe.received_attention(merge), tokens.views)
+        return self.raster_order(self.relabel(tokens, scores), tokens.views)
 
     def patch_attention_signal(self, probe, merge: int, tokens: VisualTokens, probs: bool) -> list[torch.Tensor]:
         """Per view ``(2, n_patches)`` column/row means of the full-attention block, in raster order."""
-        scores = super().patch_attention_signal(probe, merge, tokens, probs)
+        if self.full_attention_blocks:
+            scores = super().patch_attention_signal(probe, merge, tokens, probs)
+        else:
+            add_note(tokens, PATCH_ATTENTION_NOTE.format(block=self.signal_block))
+            q, k = probe.rotated_qk()
+            bounds = probe.cu_seqlens.tolist()
+            windows = []
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                chunk = [x[start:end].reshape(1, end - start, -1) for x in (q, k)]  # (1, n_w, H*d)
+                means = patch_attention_means(*chunk, probe.attention.num_heads, probe.attention.scaling,
+                                              probs=probs, n_prefix=0)[0]
+                windows.append(means.view(2, -1, merge * merge).mean(dim=-1))
+            scores = view_runs(windows, tokens.views)
         return self.raster_order(self.relabel(tokens, scores), tokens.views)
 
     def relabel(self, tokens: VisualTokens, scores):
         """Replace the Qwen2-VL note the parent just added by this family's."""
-        relabel_notes(tokens, self.signal_block, NOTES)
+        relabel_notes(tokens, self.signal_block, NOTES if self.full_attention_blocks else WINDOWED_NOTES)
         return scores
 
     def raster_order(self, scores: list[torch.Tensor], views: list[View]) -> list[torch.Tensor]:

@@ -95,6 +95,38 @@ def test_windowed_signal_block_is_refused(qwen):
     assert torch.equal(forward_logits(model, inputs), ref)
 
 
+def test_tower_without_full_attention_blocks_reads_its_last_windowed_block():
+    """transformers' own tiny Qwen2.5-VL test configs keep the default ``fullatt_block_indexes`` [7, 15, 23, 31]
+    with a 2-block tower, so no block attends globally. Such a model is patched like any other: identical to the
+    unpatched one at keep=1.0, and ranked by the received attention of its last (windowed) block, per window,
+    put back in raster order (the reference: the tower's own eager weights per window, reordered for the whole
+    call with the model's window index, split per image)."""
+    from transformers.vision_utils import get_vision_window_index
+
+    model, processor = tiny_model(FAMILY, vision={"fullatt_block_indexes": [7, 15, 23, 31]})
+    inputs = batch_inputs(processor, "image")
+    vision = model.config.vision_config
+    grid = inputs["image_grid_thw"]
+    cells = vision.window_size // vision.patch_size // vision.spatial_merge_size
+    assert (grid[:, 1:] // vision.spatial_merge_size > cells).any()  # several windows per image
+    ref = forward_logits(model, inputs)
+    with vtr.patched(model, "fastervlm", keep=1.0):
+        assert torch.equal(forward_logits(model, inputs), ref)
+
+    windowed = eager_received_attention(model, inputs["pixel_values"], grid, block=3)
+    window_index, _ = get_vision_window_index(grid, vision.spatial_merge_size, vision.window_size, vision.patch_size)
+    flat = torch.cat(windowed)[torch.argsort(window_index)]
+    scores = flat.split((grid.prod(dim=-1) // vision.spatial_merge_size ** 2).tolist())
+    with vtr.patched(model, "fastervlm", keep=0.25):
+        model(**inputs)
+        stats = model.vtr.stats
+    assert len(stats.views) == len(scores)
+    for view, s in zip(stats.views, scores):
+        assert torch.equal(view.kept, reference_topk(s, budget(0.25, s.numel())))
+    assert any("windowed vision block 3" in n for n in stats.notes), stats.notes
+    assert torch.equal(forward_logits(model, inputs), ref)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_patched_forward_equals_oracle_fed_kept_tokens(qwen, kind):
     """Logits and loss equal the unpatched model fed only the kept tokens at their original (absolute-time) positions."""
