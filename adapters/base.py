@@ -207,6 +207,12 @@ class Adapter:
             return self.model._prepare_position_ids_for_generation(input_ids, extra).expand(input_ids.shape[0], -1)
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
 
+    def embeds_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor | None:
+        """Position ids the unpatched model uses for a call with ``inputs_embeds`` and no ``input_ids`` (vtr
+        derived ``kwargs["input_ids"]`` from the embeddings), when they differ from :meth:`default_position_ids`;
+        ``None`` (the default) when they do not."""
+        return None
+
     def splice(
         self, kwargs: dict, encoded: list[Encoded], keep: list[list[torch.Tensor]], positions: str, for_generate: bool
     ) -> tuple[dict, list[torch.Tensor]]:

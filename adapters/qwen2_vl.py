@@ -377,6 +377,24 @@ class Qwen2VLAdapter(Adapter):
             return rope
         return torch.cat([self.text_positions(input_ids, mask)[None], rope], dim=0)
 
+    def embeds_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor:
+        """Without ``input_ids`` the model cannot compute M-RoPE. ``generate`` repeats its text positions (mask
+        cumsum) on every row, ``(4, B, N)``. ``forward`` numbers the columns ``0..N-1`` on all three rows, ``(3, B,
+        N)`` — or, when an earlier call left ``model.model.rope_deltas`` set, numbers them from the mask and adds
+        those deltas, as ``compute_3d_position_ids`` does."""
+        input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        batch, width = input_ids.shape
+        if for_generate:
+            return self.text_positions(input_ids, mask)[None].expand(4, -1, -1)
+        deltas = self.model.model.rope_deltas
+        if deltas is None:
+            return torch.arange(width, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
+        if mask is not None:
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None].repeat(3, 1, 1)
+        else:
+            positions = torch.arange(width, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
+        return positions + deltas.repeat_interleave(batch // deltas.shape[0], dim=0).to(positions.device)
+
     def continue_positions(self, last_positions: torch.Tensor, valid_lengths: torch.Tensor) -> None:
         """Set ``model.model.rope_deltas`` (``(B, 1)``) as the unpatched model defines it for its own cache
         (next position = real cached tokens + delta), here for the reduced cache: the model's own numbering of

@@ -290,22 +290,47 @@ def test_config_objects_keep_the_callers_objects():
 
 
 # -- forward parity -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("keep", [1.0, 0.5])
-def test_inputs_embeds_with_pixels_equals_input_ids(family_model, keep):
+@pytest.mark.parametrize("reducer, keep", [("fastervlm", 1.0), ("fastervlm", 0.5), ("fastv", 1.0), ("fastv", 0.5)])
+def test_inputs_embeds_with_pixels_is_reduced_like_input_ids(family_model, reducer, keep):
     """``inputs_embeds`` (no ``input_ids``) with pixels: placeholders found from the embeddings, the embeddings
-    gathered with the kept columns; the same reduced call as with ``input_ids``."""
+    gathered with the kept columns (in-LLM: pruned inside the LLM), at the positions the unpatched model gives
+    embeddings alone — the same call as with ``input_ids`` and those positions (Qwen2-VL cannot compute M-RoPE
+    without ids: it numbers the columns 0..N-1 on its three rows). keep=1.0 is the unpatched embeddings call."""
     family, model, processor = family_model
     inputs = example_inputs(processor, family, "image", batch=2, seed=11)
     embeds = {k: v for k, v in inputs.items() if k != "input_ids"}
     embeds["inputs_embeds"] = model.get_input_embeddings()(inputs["input_ids"]).detach()
-    with vtr.patched(model, "fastervlm", keep=keep):
+    batch, width = inputs["input_ids"].shape
+    positions = {} if family == "llava" else {
+        "position_ids": torch.arange(width).view(1, 1, -1).expand(3, batch, -1)}
+
+    def fresh(call):  # Qwen2-VL's embeddings-only numbering depends on rope_deltas left by earlier calls
+        if hasattr(model.model, "rope_deltas"):
+            model.model.rope_deltas = None
+        return call()
+
+    def answer(call_inputs):
+        return model.generate(**call_inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
+
+    with torch.no_grad():
+        unpatched_logits = fresh(lambda: model(**embeds).logits)
+    unpatched_answer = fresh(lambda: answer(embeds))
+    settings = {"layer": 1} if reducer == "fastv" else {}
+    with vtr.patched(model, reducer, keep=keep, **settings):
         with torch.no_grad():
-            by_ids, by_embeds = model(**inputs).logits, model(**embeds).logits
-        assert (by_ids.shape[1] < inputs["input_ids"].shape[1]) == (keep < 1)
+            by_embeds = fresh(lambda: model(**embeds).logits)
+            assert (model.vtr.stats.visual_tokens_out < model.vtr.stats.visual_tokens_in) == (keep < 1)
+            by_ids = fresh(lambda: model(**inputs, **positions).logits)
+        assert (by_ids.shape[1] < width) == (keep < 1)
         torch.testing.assert_close(by_embeds, by_ids, rtol=0, atol=1e-6)
-        out_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
-        out_embeds = model.generate(**embeds, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
-    assert torch.equal(out_embeds, out_ids[:, -3:])  # generate from embeddings returns the new tokens only
+        answer_embeds = fresh(lambda: answer(embeds))
+        answer_ids = fresh(lambda: answer(inputs))
+    assert answer_embeds.shape == (batch, 3)  # generate from embeddings returns the new tokens only
+    if keep == 1.0:
+        torch.testing.assert_close(by_embeds, unpatched_logits, rtol=0, atol=0)
+        assert torch.equal(answer_embeds, unpatched_answer)
+    if family == "llava":  # the same positions either way
+        assert torch.equal(answer_embeds, answer_ids[:, -3:])
 
 
 @pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1}),

@@ -119,7 +119,7 @@ class VTRHandle:
             with llm_stage(self, reduced) as engine:
                 labels = reduced.pop("labels", None) if engine is not None else None
                 shift_labels = reduced.pop("shift_labels", None) if engine is not None else None
-                output = original_forward(**reduced)
+                output = original_forward(**as_called(reduced, call))
             record_llm_stage(self.stats, engine, self.adapter.text_config)
         if labels is not None or shift_labels is not None:  # logits cover the kept rows only: align the labels
             logits = output.logits if not isinstance(output, tuple) else output[0]
@@ -152,7 +152,7 @@ class VTRHandle:
         self._local.in_generate = True
         try:
             with stage as engine:
-                output = original_generate(**reduced)
+                output = original_generate(**as_called(reduced, call))
         finally:
             self._local.in_generate = False
         if cmap is None:
@@ -170,7 +170,8 @@ class VTRHandle:
         reduced = reduce_call(self, call, for_generate=True)
         if reduced.get("input_ids") is call.get("input_ids"):
             return reduced, None
-        return reduced, torch.stack(self.stats.kept_columns).to(call["input_ids"].device)
+        device = next(v.device for v in reduced.values() if isinstance(v, torch.Tensor))
+        return reduced, torch.stack(self.stats.kept_columns).to(device)
 
     def _uninstall(self) -> None:
         model = self._model
@@ -181,6 +182,15 @@ class VTRHandle:
             else:
                 model.__dict__[name] = saved
         model.__dict__.pop("vtr", None)
+
+
+def as_called(reduced: dict, call: dict) -> dict:
+    """``reduced`` as the original method takes it: ``input_ids`` that vtr derived from the caller's
+    ``inputs_embeds`` (to find the placeholders) are dropped again when the caller passed none, since the
+    model refuses both at once and ``generate`` then returns only the new tokens."""
+    if call.get("input_ids") is None and reduced.get("inputs_embeds") is not None and "input_ids" in reduced:
+        return {k: v for k, v in reduced.items() if k != "input_ids"}
+    return reduced
 
 
 def is_missing(saved) -> bool:

@@ -107,6 +107,11 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
             and any(kwargs.get(k) is not None for k in adapter.visual_inputs)):
         kwargs = {**kwargs, "input_ids": adapter.placeholder_ids_from_embeds(kwargs["inputs_embeds"])}
         derived_ids = True
+        if kwargs.get("position_ids") is None:
+            # the ids only locate the placeholders: positions stay those the model gives embeddings alone
+            positions = adapter.embeds_position_ids(kwargs, for_generate)
+            if positions is not None:
+                kwargs["position_ids"] = positions
     adapter.check_inputs(kwargs)
     config.validate()
     check_positions(adapter, config)
