@@ -351,6 +351,10 @@ def test_labels_tuple_and_shift_labels(llava, reducer, settings):
         kept = torch.stack(model.vtr.stats.kept_columns)
     torch.testing.assert_close(as_tuple[0], output.loss)
     torch.testing.assert_close(as_tuple[1], output.logits)
+    as_dict = output.to_tuple()  # the dict output's tuple view is the return_dict=False output, loss first
+    assert len(as_dict) == len(as_tuple) and output[0] is output.loss
+    for a, b in zip(as_dict[:2], as_tuple[:2]):
+        torch.testing.assert_close(a, b)
     if reducer != "fastervlm":  # in-LLM: every kept row is scored on its own next caller token either way
         torch.testing.assert_close(shifted.loss, output.loss, rtol=0, atol=1e-6)
     else:  # pre-LLM: shift_labels are gathered like labels; a reference from the kept columns

@@ -126,7 +126,9 @@ class VTRHandle:
             loss = loss_on_kept(self._model, logits, labels, engine, shift_labels)
             if isinstance(output, tuple):  # return_dict=False: transformers puts the loss first
                 return (loss, *output)
-            output.loss = loss
+            # rebuilt, not assigned: a ModelOutput made without a loss has no "loss" key, so an assigned one
+            # would be missing from to_tuple() / output[0]
+            output = type(output)(**{"loss": loss, **{k: v for k, v in output.items() if k != "loss"}})
         return output
 
     def _generate(self, *args, **kwargs):
