@@ -430,3 +430,23 @@ def test_streamer_sees_the_callers_prompt_then_the_new_tokens(family_model, redu
         text.on_finalized_text = lambda chunk, stream_end=False: printed.append(chunk)
         model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=text, suppress_tokens=special_ids(model))
     assert "".join(printed) == processor.tokenizer.decode(sequences[0])
+
+
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1})])
+def test_generate_with_automatic_compilation(llava, reducer, settings):
+    """A compileable (static) cache with a compile_config (forced on CPU, dynamo's eager backend) gives the
+    plain greedy result. Pre-LLM reducers: the decode steps run compiled. In-LLM reducers: their per-layer
+    pruning hooks run in every decode step and cannot be traced, so generate's automatic compilation is off."""
+    from transformers import CompileConfig
+
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=2, seed=3)
+    config = CompileConfig(backend="eager")
+    config._compile_all_devices = True  # transformers compiles on accelerators only unless told otherwise
+    model.__dict__.pop("_compiled_call", None)
+    with vtr.patched(model, reducer, **settings):
+        reference, _ = greedy(model, inputs)
+        compiled, _ = greedy(model, inputs, cache_implementation="static", compile_config=config)
+        assert torch.equal(compiled, reference)
+        assert hasattr(model, "_compiled_call") == (reducer == "fastervlm")
+    model.__dict__.pop("_compiled_call", None)

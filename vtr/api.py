@@ -154,6 +154,10 @@ class VTRHandle:
         self._local.in_generate = True
         try:
             with stage as engine:
+                if engine is not None:
+                    # the per-layer pruning hooks of an in-LLM stage run in every decode step and cannot be traced:
+                    # generate's automatic compilation (compileable cache + compile_config) is turned off for them
+                    reduced = {**reduced, "disable_compile": True}
                 output = original_generate(**as_called(reduced, call))
         finally:
             self._local.in_generate = False
