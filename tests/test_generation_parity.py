@@ -450,3 +450,20 @@ def test_generate_with_automatic_compilation(llava, reducer, settings):
         assert torch.equal(compiled, reference)
         assert hasattr(model, "_compiled_call") == (reducer == "fastervlm")
     model.__dict__.pop("_compiled_call", None)
+
+
+@pytest.mark.parametrize("reducer", ["fastervlm", *IN_LLM])
+def test_a_model_as_its_own_assistant(family_model, reducer):
+    """``assistant_model=model`` (transformers' own assisted-decoding test does this): the assistant's nested
+    generate runs with its own reduction while the outer call's in-LLM hooks are lifted, then the outer call goes
+    on; greedy assisted decoding equals plain greedy, and the stats are the outer call's."""
+    family, model, processor = family_model
+    inputs = example_inputs(processor, family, "image", batch=1, seed=5)
+    settings = IN_LLM.get(reducer, {"keep": 0.5})
+    with vtr.patched(model, reducer, **settings):
+        reference, logits = greedy(model, inputs, n=5)
+        per_layer = model.vtr.stats.visual_tokens_per_layer
+        assisted, assisted_logits = greedy(model, inputs, n=5, assistant_model=model)
+        assert torch.equal(assisted, reference)
+        torch.testing.assert_close(assisted_logits, logits, rtol=0, atol=1e-5)
+        assert model.vtr.stats.visual_tokens_per_layer == per_layer

@@ -137,8 +137,26 @@ class VTRHandle:
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
         prompt = call.get("input_ids")
-        with self._lock:
+        with self._lock, self._outer_generate_suspended():
             return self._generate_locked(original_generate, call, prompt)
+
+    @contextlib.contextmanager
+    def _outer_generate_suspended(self) -> Iterator[None]:
+        """A ``generate`` of this model called from inside its own ``generate`` in this thread (the model is its
+        own ``assistant_model``): the outer call's in-LLM hooks are lifted while the inner one runs with its own,
+        and the outer call's stats, engine and pass-through flag are back afterwards."""
+        if not self._in_generate:
+            yield
+            return
+        outer_engine, outer_stats = getattr(self._local, "engine", None), self.stats
+        if outer_engine is not None:
+            outer_engine.suspend()
+        try:
+            yield
+        finally:
+            self._local.in_generate, self._local.engine, self.stats = True, outer_engine, outer_stats
+            if outer_engine is not None:
+                outer_engine.resume()
 
     def _generate_locked(self, original_generate, call: dict, prompt):
         cmap = continuation.map_of(continuation.cache_of(call))
@@ -154,13 +172,14 @@ class VTRHandle:
         self._local.in_generate = True
         try:
             with stage as engine:
+                self._local.engine = engine
                 if engine is not None:
                     # the per-layer pruning hooks of an in-LLM stage run in every decode step and cannot be traced:
                     # generate's automatic compilation (compileable cache + compile_config) is turned off for them
                     reduced = {**reduced, "disable_compile": True}
                 output = original_generate(**as_called(reduced, call))
         finally:
-            self._local.in_generate = False
+            self._local.in_generate, self._local.engine = False, None
         if cmap is None:
             record_llm_stage(self.stats, engine, self.adapter.text_config)
         output = with_caller_prompt(output, prompt, reduced.get("input_ids"))

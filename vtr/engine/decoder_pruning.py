@@ -112,8 +112,16 @@ class DecoderPruning:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+        self._handles = []
         for probe in self.probes.values():
             probe.__exit__()
+
+    def suspend(self) -> None:
+        """Lift the hooks, keeping every state (a nested ``generate`` of the same model runs in between)."""
+        self.__exit__()
+
+    def resume(self) -> None:
+        self.__enter__()
 
     # -- hooks ------------------------------------------------------------------------------------
     def _on_text_model(self, module, args, kwargs) -> None:
