@@ -228,8 +228,12 @@ class Adapter:
         side = padding_side(kwargs.get("attention_mask"))
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}
-        if kwargs.get("attention_mask") is None and len(lengths) > 1:
-            new["attention_mask"] = torch.ones_like(kwargs["input_ids"])  # rows now need padding
+        caller_numbered = kwargs.get("position_ids") is not None
+        if kwargs.get("attention_mask") is None and (len(lengths) > 1 or (not full and positions == "original"
+                                                                          and not caller_numbered)):
+            # rows now need padding; or the kept columns' original positions have gaps, which transformers would
+            # read as the starts of packed sequences when no mask is given (use_cache=False)
+            new["attention_mask"] = torch.ones_like(kwargs["input_ids"])
         for key, pad in SEQUENCE_INPUTS.items():
             if new.get(key) is not None:
                 value = self.pad_token_id if key == "input_ids" else pad

@@ -467,3 +467,16 @@ def test_a_model_as_its_own_assistant(family_model, reducer):
         assert torch.equal(assisted, reference)
         torch.testing.assert_close(assisted_logits, logits, rtol=0, atol=1e-5)
         assert model.vtr.stats.visual_tokens_per_layer == per_layer
+
+
+def test_forward_without_a_mask_or_cache_is_not_read_as_packed(family_model):
+    """A batch-1 forward with no attention_mask and use_cache=False: the kept columns' original positions have
+    gaps, which transformers reads as packed-sequence starts when it has neither mask nor cache; the patched
+    call gives the LLM a mask, so the logits equal the cached call's."""
+    family, model, processor = family_model
+    inputs = {k: v for k, v in example_inputs(processor, family, "image", batch=1, seed=5).items()
+              if k != "attention_mask"}
+    with vtr.patched(model, "fastervlm", keep=0.5), torch.no_grad():
+        cached = model(**inputs).logits
+        assert cached.shape[1] < inputs["input_ids"].shape[1]
+        torch.testing.assert_close(model(**inputs, use_cache=False).logits, cached, rtol=0, atol=1e-6)
