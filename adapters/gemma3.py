@@ -79,10 +79,12 @@ class Gemma3Adapter(Adapter):
         return [Encoded("image", tokens, outputs)]
 
     def reduced_outputs(self, encoded: Encoded, keep: list[torch.Tensor]):
-        """A copy of the feature output whose ``pooler_output`` ``(1, Σk, D)`` holds the kept tokens in prompt
-        order (the model scatters its flattened rows into the placeholders), from ``visual.features`` (where a
-        merging reducer writes its merged features)."""
+        """A copy of the feature output whose ``pooler_output`` holds the kept tokens in prompt order, from
+        ``visual.features`` (where a merging reducer writes its merged features): ``(n_images, k, D)`` like the
+        unpatched model's when every image keeps ``k`` tokens (the model returns it as ``image_outputs``), else
+        ``(1, Σk, D)`` (the model scatters the flattened rows into the placeholders either way)."""
         outputs = copy.copy(encoded.outputs)
         rows = [f.index_select(0, k.to(f.device)) for f, k in zip(encoded.visual.features, keep)]
-        outputs.pooler_output = torch.cat(rows)[None]
+        same = len({r.shape[0] for r in rows}) == 1
+        outputs.pooler_output = torch.stack(rows) if same else torch.cat(rows)[None]
         return outputs

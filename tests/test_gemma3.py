@@ -94,6 +94,23 @@ def test_patched_forward_equals_oracle_fed_kept_tokens(gemma):
     torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_image_outputs_keep_the_unpatched_per_image_layout(gemma, keep):
+    """The model returns its feature output as ``image_outputs``: patched, its ``pooler_output`` is still
+    ``(n_images, tokens, D)``, the unpatched rows themselves at keep=1.0 and their kept rows below it."""
+    model, processor = gemma
+    inputs = example_inputs(processor, FAMILY, "image", batch=2, seed=1)
+    with torch.no_grad():
+        ref = model(**inputs).image_outputs.pooler_output  # (n_images, mm_tokens_per_image, D)
+    with vtr.patched(model, "fastervlm", keep=keep):
+        with torch.no_grad():
+            got = model(**inputs).image_outputs.pooler_output
+        kept = [view.kept for view in model.vtr.stats.views]
+    k = budget(keep, ref.shape[1])
+    assert got.shape == (ref.shape[0], k, ref.shape[2])
+    assert torch.equal(got, torch.stack([r[i] for r, i in zip(ref, kept)]))
+
+
 def test_cached_generate_equals_no_cache_recompute(gemma):
     model, processor = gemma
     inputs = example_inputs(processor, FAMILY, "image", batch=2, seed=3)
