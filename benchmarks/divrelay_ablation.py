@@ -4,13 +4,16 @@
 
 On the accuracy benchmark's model (``vtr/shapes/tiny-llava-shapes``, 144 visual tokens) and its held-out
 questions (``vtr.shapes.test_set``), at keep 0.05 and 0.1 (the budgets the method was designed for), each
-variant below changes one setting of ``divrelay``'s defaults (tuned on ``vtr.shapes.calibration_set`` only):
+variant below changes one setting of ``divrelay``'s defaults (tuned on ``vtr.shapes.calibration_set(400)``
+only). ``divrelay`` spends ``keep`` as its total budget (mean layer share), so every variant spends the same
+budget (at most ``keep_count(keep, 144)`` tokens per layer on average; rounding leaves the relay a little under):
 
-- *no relay*: prune everything before the LLM with the pool's own rule (``divprune`` at ``keep``);
-- *no pool*: every patch enters the LLM (``pool=1.0``), the same final cut;
-- *short relay*: the cut before layer 1 instead of 2 (``layer=1``);
-- *no final diversity*: the cut keeps the first pooled tokens (``diversity=0``);
-- *with the question*: the cut also weighs the attention the instruction pays each token (``relevance="instruction"``).
+- *no merge*: left-out patches are dropped, not averaged into the pool (``merge=False``: exactly ``divprune``);
+- *grid pool*: the pool evenly spaced instead of max–min diverse, still merged (``pool="grid"``);
+- *relay*: a larger pool relayed through layers 0–1, then 70 % of it kept (``final=0.7``; the first design);
+- *relay, short* / *long*: the same cut before layer 1 / 3 (``final=0.7, layer=1`` / ``3``);
+- *relay, no final diversity*: the cut keeps the first pooled tokens (``final=0.7, diversity=0``);
+- *relay with the question*: the cut weighs the instruction's attention (``final=0.7, relevance="instruction"``).
 
 Writes the ``divrelay_ablation`` section of ``BENCHMARKS.md`` and ``benchmarks/results/divrelay_ablation.json``.
 """
@@ -31,12 +34,14 @@ from vtr.shapes import test_set as held_out_set
 SECTION = "divrelay_ablation"
 #: (label, reducer, settings beyond keep)
 VARIANTS = [
-    ("divrelay (defaults: pool 0.25, layer 2, diversity 1, relevance none)", "divrelay", {}),
-    ("no relay (divprune: the pool's rule at keep, before the LLM)", "divprune", {}),
-    ("no pool (pool=1.0)", "divrelay", {"pool": 1.0}),
-    ("short relay (layer=1)", "divrelay", {"layer": 1}),
-    ("no final diversity (diversity=0)", "divrelay", {"diversity": 0.0}),
-    ("with the question (relevance=instruction)", "divrelay", {"relevance": "instruction"}),
+    ("divrelay (defaults: diverse pool, merge, no relay)", "divrelay", {}),
+    ("no merge (merge=False: divprune)", "divrelay", {"merge": False}),
+    ("grid pool (pool=grid)", "divrelay", {"pool": "grid"}),
+    ("relay (final=0.7, layer=2)", "divrelay", {"final": 0.7}),
+    ("relay, short (final=0.7, layer=1)", "divrelay", {"final": 0.7, "layer": 1}),
+    ("relay, long (final=0.7, layer=3)", "divrelay", {"final": 0.7, "layer": 3}),
+    ("relay, no final diversity (final=0.7, diversity=0)", "divrelay", {"final": 0.7, "diversity": 0.0}),
+    ("relay with the question (final=0.7, relevance=instruction)", "divrelay", {"final": 0.7, "relevance": "instruction"}),
 ]
 
 
@@ -70,7 +75,8 @@ def markdown(rows: list[dict], n: int, info: dict) -> str:
         "",
         f"`divrelay` (vtr's own reducer, `vtr/reducers/divrelay.py`) with one part switched off at a time, on {n} held-out "
         "questions of `vtr/shapes` with `vtr/shapes/tiny-llava-shapes` (144 visual tokens; the accuracy table's model and "
-        "questions). Its defaults were chosen on `vtr.shapes.calibration_set` only. *LLM input* = visual tokens "
+        "questions). It spends `keep` as its total budget (the mean layer share), so every variant spends the same; its "
+        "defaults were chosen on `vtr.shapes.calibration_set(400)` (2,000 calibration questions) only. *LLM input* = visual tokens "
         "entering decoder layer 0; *layers* = mean share of the 144 visual tokens the 4 decoder layers processed (the cost).",
         "",
         markdown_table(header, table),

@@ -1,6 +1,9 @@
-"""divrelay (vtr's method): the pool, the relevance and the relevant-diverse greedy against slow references
-(eager attention and hidden states of the unpatched model fed only the pool), and the model-level properties."""
+"""divrelay (vtr's method): the pool size, the merge, the relevant-diverse greedy and the end-to-end selection
+against slow references (eager attention and hidden states of the unpatched model fed only the merged pool),
+the budget (measured layer share = the cost formula, never above a pre-LLM cut to ``keep``), and the
+model-level properties."""
 import copy
+import math
 
 import pytest
 import torch
@@ -9,8 +12,31 @@ import vtr
 from reducer_properties import check_batch_equals_single, check_keep_one_is_identity, model_of
 from reference import oracle_forward
 from test_divprune import reference_divprune
-from vtr.reducers.divrelay import DivRelayConfig, relevant_diverse
+from vtr.reducers.divrelay import DivRelayConfig, merge_into_nearest, pool_size, relevant_diverse, split_pool
 from vtr.testing import example_inputs
+
+N_LAYERS = 4  # the tiny LLaVA's decoder depth
+N_PATCHES = 576
+
+
+def half_up(x):
+    return max(1, math.floor(x + 0.5))
+
+
+def reference_budget(keep, n):
+    return min(n, keep) if isinstance(keep, int) else min(n, half_up(keep * n))
+
+
+def reference_pool(keep, n, final, layer, depth=N_LAYERS):
+    """The largest pool whose relay layers plus cut layers spend at most depth·k token-layers, by search."""
+    k = reference_budget(keep, n)
+    if final == 1.0 or (isinstance(keep, float) and keep >= 1.0):
+        return k, k
+    for p in range(n, 0, -1):
+        f = p if isinstance(keep, int) and keep >= p else min(p, half_up(final * p))
+        if layer * p + (depth - layer) * f <= depth * k:
+            return p, f
+    raise AssertionError("no pool fits")  # p = k always fits
 
 
 def reference_greedy(relevance, vectors, k, beta):
@@ -23,6 +49,17 @@ def reference_greedy(relevance, vectors, k, beta):
         gain = {i: r[i] * max(0.0, min(1 - cos(i, j) for j in chosen)) ** beta for i in rest}
         chosen.append(max(rest, key=lambda i: (gain[i], -i)))
     return sorted(chosen)
+
+
+def reference_merge(patches, picks):
+    """Each unpicked patch joins the picked patch of highest cosine similarity (first on ties); plain means."""
+    groups = {int(p): [patches[int(p)]] for p in picks}
+    for i in range(len(patches)):
+        if i in groups:
+            continue
+        sims = [float(torch.nn.functional.cosine_similarity(patches[i], patches[int(p)], dim=0)) for p in picks]
+        groups[int(picks[max(range(len(sims)), key=lambda j: (sims[j], -j))])].append(patches[i])
+    return torch.stack([torch.stack(groups[int(p)]).mean(0) for p in picks])
 
 
 @pytest.mark.parametrize("k, beta", [(5, 1.0), (8, 2.0), (6, 0.5)])
@@ -38,47 +75,136 @@ def test_zero_diversity_is_topk():
     assert relevant_diverse(relevance, vectors, 6, 0.0).tolist() == sorted(torch.topk(relevance, 6).indices.tolist())
 
 
-@pytest.mark.parametrize("keep, pool, diversity, layer, relevance", [
-    (0.05, 0.25, 1.0, 2, "none"),  # the defaults
-    (0.1, 0.5, 2.0, 1, "instruction"),
-    (0.1, 0.25, 1.0, 2, "last"),
+def test_merge_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    patches = torch.randn(40, 6, generator=g)
+    picks = torch.tensor([2, 7, 11, 30, 39])
+    assert torch.allclose(merge_into_nearest(patches, picks), reference_merge(patches, picks), atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [144, 576, 50])
+@pytest.mark.parametrize("keep, final, layer", [(0.1, 0.7, 2), (0.05, 0.7, 2), (0.1, 0.5, 1), (0.25, 0.3, 3),
+                                                (0.9, 0.7, 2), (20, 0.7, 2), (0.1, 1.0, 2)])
+def test_pool_size_matches_reference(n, keep, final, layer):
+    k = reference_budget(keep, n)
+    expected, _ = reference_pool(keep, n, final, layer)
+    assert pool_size(n, k, final, layer, N_LAYERS) == (k if final == 1.0 else expected)
+
+
+def test_split_pool_is_proportional():
+    assert split_pool(10, [3, 3, 4]) == [3, 3, 4]
+    assert split_pool(7, [4, 4, 4]) == [3, 2, 2]  # remainders tie: the first views get the extra tokens
+    assert split_pool(5, [1, 9]) == [1, 4] and split_pool(12, [12, 12]) == [6, 6]
+    for total, sizes in [(13, [5, 7, 9]), (1, [3, 3]), (20, [20, 1])]:
+        shares = split_pool(total, sizes)
+        assert sum(shares) == total and all(0 <= s <= n for s, n in zip(shares, sizes))
+        assert all(abs(s - total * n / sum(sizes)) < 1 for s, n in zip(shares, sizes))
+
+
+@pytest.mark.parametrize("keep, final, diversity, layer, relevance, merge", [
+    (0.05, 1.0, 1.0, 2, "none", True),  # the defaults: no relay
+    (0.05, 0.7, 1.0, 2, "none", True),
+    (0.1, 0.5, 2.0, 1, "instruction", True),
+    (0.1, 0.7, 1.0, 2, "last", False),
 ])
-def test_end_to_end_matches_eager_reference(keep, pool, diversity, layer, relevance):
-    """The pool is DivPrune's max–min subset; the kept tokens follow from layer K-1's eager attention (of the
-    instruction, or the last token) and the layer-K input states of the unpatched model fed only the pool."""
+def test_end_to_end_matches_eager_reference(keep, final, diversity, layer, relevance, merge):
+    """The pool is DivPrune's max–min subset of the budget's size, carrying its cluster means; the kept tokens
+    follow from layer K-1's eager attention (of the instruction, or the last token) and the layer-K input
+    states of the unpatched model fed only the (merged) pool."""
     model, processor = model_of("llava")
     inputs = example_inputs(processor, "llava", batch=1, seed=4)
     with torch.no_grad():
         feats = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output[0]
-    n_pool = int(pool * 576 + 0.5)
+    n_pool, k = reference_pool(keep, N_PATCHES, final, layer)
     pooled = reference_divprune(feats, n_pool)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
+    if merge:  # the oracle gathers features at the pooled indices: place the cluster means there
+        replaced = feats.clone()
+        replaced[torch.tensor(pooled)] = reference_merge(feats, torch.tensor(pooled))
+        original = eager.model.get_image_features
+
+        def merged_features(*args, **kwargs):
+            out = original(*args, **kwargs)
+            out.pooler_output = [replaced]
+            return out
+        eager.model.get_image_features = merged_features
     out = oracle_forward(eager, inputs, [torch.tensor(pooled)], output_attentions=True, output_hidden_states=True)
     ids = inputs["input_ids"][0]
     image = model.config.image_token_id
     first = int((ids == image).nonzero().min())
-    cols = torch.cat([torch.arange(first), first + torch.tensor(pooled), torch.arange(first + 576, len(ids))])
+    cols = torch.cat([torch.arange(first), first + torch.tensor(pooled), torch.arange(first + N_PATCHES, len(ids))])
     visual = torch.arange(first, first + n_pool)  # positions of the pool in the oracle's sequence
     instruction = torch.arange(first + n_pool, len(cols))
     attention = out.attentions[layer - 1][0].mean(0)  # (n, n) head mean
     scores = {"none": torch.ones(n_pool), "instruction": attention[instruction][:, visual].mean(0),
               "last": attention[-1, visual]}[relevance]
-    k = int(keep / pool * n_pool + 0.5)
-    expected = cols[visual[reference_greedy(scores, out.hidden_states[layer][0, visual], k, diversity)]]
-    with vtr.patched(model, "divrelay", keep=keep, pool=pool, diversity=diversity, layer=layer, relevance=relevance):
+    if final == 1.0:  # no cut: the pool stays, and the logits are the oracle's (merged features included)
+        expected = cols[visual]
+    else:
+        expected = cols[visual[reference_greedy(scores, out.hidden_states[layer][0, visual], k, diversity)]]
+    with vtr.patched(model, "divrelay", keep=keep, final=final, diversity=diversity, layer=layer,
+                     relevance=relevance, merge=merge):
         with torch.no_grad():
-            model(**inputs)
+            logits = model(**inputs).logits
         stats = model.vtr.stats
-    assert stats.visual_tokens_per_layer[0] == [n_pool] * layer + [k] * (4 - layer)
+    assert stats.visual_tokens_per_layer[0] == [n_pool] * layer + [k] * (N_LAYERS - layer)
     kept = stats.kept_columns[0]
     assert torch.equal(kept[ids[kept] == image], expected)
+    if final == 1.0:
+        assert torch.allclose(logits[0, -1], out.logits[0, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("keep, final, layer", [(0.05, 1.0, 2), (0.1, 1.0, 2), (0.05, 0.7, 2), (0.1, 0.7, 2),
+                                                (0.1, 0.5, 1), (0.25, 0.7, 3), (0.9, 0.7, 2), (30, 0.7, 2)])
+def test_layer_share_is_the_budget_formula(keep, final, layer):
+    """``model.vtr.stats.layer_share`` is ``(K·P + (L-K)·F) / (L·N)``, never above a pre-LLM cut to ``keep``."""
+    model, processor = model_of("llava")
+    inputs = example_inputs(processor, "llava", batch=2, seed=1)
+    p, f = reference_pool(keep, N_PATCHES, final, layer)
+    expected = (layer * p + (N_LAYERS - layer) * f) / (N_LAYERS * N_PATCHES)
+    with vtr.patched(model, "divrelay", keep=keep, final=final, layer=layer):
+        with torch.no_grad():
+            model(**inputs)
+        shares = model.vtr.stats.layer_share
+    assert shares == pytest.approx([expected] * 2, abs=1e-12)
+    assert all(s <= reference_budget(keep, N_PATCHES) / N_PATCHES + 1e-12 for s in shares)
+
+
+def test_no_cut_is_divprune():
+    """``final=1.0``: the pool is the budget and nothing is cut; without the merge that is DivPrune at keep."""
+    model, processor = model_of("llava")
+    inputs = example_inputs(processor, "llava", batch=1, seed=2)
+    with vtr.patched(model, "divprune", keep=0.1):
+        with torch.no_grad():
+            ref = model(**inputs).logits
+    with vtr.patched(model, "divrelay", keep=0.1, final=1.0, merge=False):
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, ref)
+
+
+def test_grid_pool():
+    """``pool="grid"``: the pool is the evenly spaced patches floor((i + 0.5)·N / k)."""
+    model, processor = model_of("llava")
+    inputs = example_inputs(processor, "llava", batch=1, seed=2)
+    k = reference_budget(0.05, N_PATCHES)
+    ids = inputs["input_ids"][0]
+    first = int((ids == model.config.image_token_id).nonzero().min())
+    with vtr.patched(model, "divrelay", keep=0.05, pool="grid"):
+        with torch.no_grad():
+            model(**inputs)
+        kept = model.vtr.stats.kept_columns[0]
+    image = kept[ids[kept] == model.config.image_token_id] - first
+    assert image.tolist() == [int((i + 0.5) * N_PATCHES / k) for i in range(k)]
 
 
 def test_validation():
-    for bad in ({"pool": 0.0}, {"layer": 0}, {"diversity": -1}, {"relevance": "cls"}):
+    for bad in ({"final": 0.0}, {"final": 1.5}, {"layer": 0}, {"diversity": -1}, {"relevance": "cls"},
+                {"pool": 0.25}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             DivRelayConfig(**bad)
+    with pytest.raises(TypeError, match="merge"):
+        DivRelayConfig(merge="yes")
 
 
 @pytest.mark.parametrize("family, kind", [("llava", "image"), ("qwen2_vl", "image")])

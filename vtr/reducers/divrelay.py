@@ -1,45 +1,61 @@
-"""divrelay (vtr's own method): a diverse pool relays the image to the text in the LLM's first layers,
-then a diverse subset of the relayed tokens stays.
+"""divrelay (vtr's own method): a diverse pool of the budget's size, each pooled token carrying the mean
+of the patches most like it; optionally a larger pool relayed through the LLM's first layers, then cut.
 
 Not a published method: designed in this project (issue 17), tuned only on ``vtr.shapes.calibration_set``
-and measured on the held-out ``vtr.shapes.test_set`` (``BENCHMARKS.md``: the accuracy table and the
-``divrelay`` ablation).
+(2,000 calibration questions, ``calibration_set(400)``) and measured on the held-out ``vtr.shapes.test_set``
+(``BENCHMARKS.md``: the accuracy table and the ``divrelay_ablation`` section). No deviations to list: there
+is no reference implementation.
 
-Why it works. On small budgets two things decide what survives. *Coverage*: rules that look only at
-importance keep near-duplicates of the same salient region and lose whole objects (DivPrune's max–min
-diversity beats [CLS] attention at 5–10 % here). *Reading before dropping*: text tokens that follow the
-image attend to every visual token in the layers before a cut, so what they read there stays in their
-hidden states after the visual tokens are gone (why FastV, which cuts after layer 2, holds up at 5 %, at
-the price of running all 144 tokens through two of the four layers). divrelay gets both for a fraction of
-the cost:
+**What ``keep`` counts**: the *total* budget, as for ``aim`` and ``atp``: the mean over the ``L`` decoder
+layers of the visual tokens each processes (``stats.layer_share``), as a share of the row's patches. A row
+of ``N`` patches gets ``k = keep_count(keep, N)`` (rounded half up, at least 1; an int ``keep`` is ``k``
+itself, clamped to ``N``), i.e. ``L·k`` token-layers: exactly what a pre-LLM reducer keeping ``k`` spends.
 
-1. **Pool, before the LLM** (per view): ``pool`` × the view's patches (default 0.25), chosen by greedy
-   max–min diversity of the projected features (:func:`vtr.ops.diversity.max_min_diverse`, DivPrune's
-   rule). Only the pool enters the LLM.
-2. **Relay**: decoder layers ``0 .. layer-1`` (default ``layer=2``) run on the pool, so the instruction's
-   tokens read all of it.
-3. **Keep diverse, before layer** ``layer``: greedily keep ``keep`` × the original patches, each step the
-   token maximising ``r_i / max r · d_i^β``, ``d_i`` its smallest cosine distance to the kept ones on the
-   hidden states entering layer ``layer`` (β = ``diversity``, default 1; the first pick is the most
-   relevant). ``relevance`` sets ``r``: ``"none"`` (default: ``r = 1``, pure diversity, the first pick the
-   first pooled token), ``"instruction"`` (the attention each token receives from the text after the
-   image at layer ``layer - 1``, recomputed from its q/k) or ``"last"`` (the last token's row, FastV's).
-   On the calibration set the question signal did not add to diversity (see the ablation), so it is off
-   by default.
+**Cost formula.** With ``K = layer`` and ``c(p) = keep_count(final, p)`` (the tokens kept from layer ``K``
+on out of a pool of ``p``), the pool is the largest ``P <= N`` with ``K·P + (L - K)·c(P) <= L·k``
+(:func:`pool_size`; ``P >= k`` always; ``final=1.0``, the default, gives ``P = k`` and no cut). Layers
+``0 .. K-1`` process ``P`` visual tokens, layers ``K .. L-1`` process ``F = c(P)``, so ::
 
-Cost: the first ``layer`` decoder layers process the pool, the others ``keep``; the layer share is
-``(layer · pool + (L - layer) · keep) / L`` of the visual tokens (0.15 at keep 0.05 on the 4-layer
-tiny LLaVA, FastV 0.52). Scoring is one max–min greedy over the view's features, one cosine matrix of
-the pool's hidden states and a ``keep``-step greedy (plus, with ``relevance="instruction"``, the
-instruction's attention rows of one layer).
+    layer share = (K·P + (L - K)·F) / (L·N)  <=  k / N
 
-Ablations are settings: ``pool=1.0`` (no pool), ``layer=1`` (a shorter relay), ``diversity=0`` (no
-final diversity: with ``relevance="none"`` the first pooled tokens), ``relevance="instruction"``;
-``pool=keep`` with no final cut is DivPrune.
+(the defaults: ``k / N`` exactly, DivPrune's cost: 14/144 = 0.0972 at keep 0.1 on the tiny LLaVA. With the
+relay, ``final=0.7, layer=2``, keep 0.1: P = 16, F = 11, share 54/576 = 0.0938; keep 0.05: P = 8, F = 6,
+28/576 = 7/144). A row of several views (AnyRes, video frames) shares ``P`` among them in proportion to
+their patches (largest remainder, ties to the first view; at least 1 per view, as ``keep_count``, which
+exceeds ``P`` only where ``P`` is below the row's number of views). Where ``P`` reaches ``N`` (large ``keep``) the
+share stays below ``k / N``. ``keep=1.0`` pools every patch, merges nothing and cuts nothing: the identity.
 
-``keep`` counts the view's original patches (like every reducer); in the LLM it is applied per batch
-row as ``keep / pool`` of the row's pooled tokens (an int ``keep`` there counts per row, as FastV's).
-``keep=1.0`` raises the pool to every patch and keeps them all: the identity.
+Steps (per view, before the LLM; per batch row, inside it):
+
+1. **Pool**: the view's share of ``P`` patches by greedy max–min diversity of the projected features
+   (:func:`vtr.ops.diversity.max_min_diverse`, DivPrune's rule; ``pool="grid"``: evenly spaced, an ablation).
+2. **Merge** (``merge=True``): every patch left out joins its most cosine-similar pooled patch (ties: the
+   lowest-index one) and each pooled token's feature becomes the plain mean of itself and its joiners; the
+   token keeps its own slot and position (:func:`merge_into_nearest`).
+3. Only with ``final < 1``: **relay** through decoder layers ``0 .. K-1``, then **keep diverse** before
+   layer ``K``: greedily keep ``F`` of the pooled tokens, each step the token maximising
+   ``r_i / max r · d_i^β``, ``d_i`` its smallest cosine distance to the kept ones on the hidden states
+   entering layer ``K`` (β = ``diversity``; the first pick is the most relevant). ``relevance`` sets ``r``:
+   ``"none"`` (``r = 1``), ``"instruction"`` (the attention each token receives from the text after the
+   image at layer ``K - 1``, recomputed from its q/k) or ``"last"`` (the last token's row, FastV's). An
+   int ``keep`` of at least ``P`` skips the cut (its budget allows it).
+
+**Why it works.** At 5–10 % two things decide what survives. *Coverage*: rules that look only at
+importance keep near-duplicates of one salient region and lose whole objects; max–min diversity spreads
+the pool over every distinct region (DivPrune beats [CLS] attention here). *Nothing is thrown away
+unread*: a pruned patch's content is lost to every layer, while merging folds it into the pooled token
+most like it, so the token standing for a region carries the mean of all of that region's patches (what
+"how many" and "is there" questions need) at no extra token, hence no layer cost. A relay (a larger pool
+read by the first layers, then cut) was the first design: at a *fixed* budget the pool can only be a few
+tokens larger than ``k`` (the later layers need their tokens: cutting to a handful loses most questions),
+and on the calibration set it added nothing (keep 0.1: +0.002 ± 0.005; keep 0.05: -0.013 ± 0.006, paired),
+so it is off by default (``final=1.0``); the ablation (``benchmarks/divrelay_ablation.py``, every variant at
+the same budget) shows each part.
+
+Scoring cost (defaults): DivPrune's (one ``N × N`` cosine matrix and a ``k``-step max–min greedy) plus an
+``(N - k) × k`` cosine matrix, an argmax and a scatter-mean for the merge. With the relay: a ``P``-pick
+greedy, the merge, one ``P × P`` cosine matrix of the pool's hidden states and an ``F``-step greedy (plus,
+with ``relevance="instruction"``, the instruction's attention rows of one layer).
 """
 from __future__ import annotations
 
@@ -47,40 +63,98 @@ from dataclasses import dataclass
 
 import torch
 
-from vtr.config import ReducerConfig, check_choice, check_float, check_int, check_layer
+from vtr.config import ReducerConfig, check_bool, check_choice, check_float, check_int, check_layer
 from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_per_view
 from vtr.ops.selection import keep_count
 from vtr.probes.decoder import LayerAttention
-from vtr.reducers.base import Reducer
+from vtr.reducers.base import MergedView, Reducer
 from vtr.registry import register_reducer
 from vtr.visual import VisualTokens
 
 RELEVANCE = ("instruction", "last", "none")
+POOL_RULES = ("diverse", "grid")
 
 
 @dataclass
 class DivRelayConfig(ReducerConfig):
-    """``keep``: share (or count) of each view's patches kept from decoder layer ``layer`` on.
-    ``pool``: share of each view's patches entering the LLM (raised to ``keep`` when below it; 1.0 = no pool).
+    """``keep``: the total budget, the mean share (or count) of each row's visual tokens per decoder layer.
+    ``pool``: how the pool is chosen: ``"diverse"`` (greedy max–min of the features) or ``"grid"`` (evenly
+    spaced in raster order; an ablation).
+    ``final``: share of the pool kept from decoder layer ``layer`` on (1.0, the default = no cut: the pool is
+    ``keep``; below 1 the pool grows to the budget and relays through layers ``0 .. layer-1``).
+    ``merge``: each patch left out of the pool is averaged into its most similar pooled token (False: dropped).
     ``layer``: K, the first decoder layer on the kept tokens (>= 1).
     ``diversity``: β, the exponent of the distance term (0 = relevance top-k).
     ``relevance``: ``"none"`` (diversity only), ``"instruction"`` (mean attention from the text after the
     image) or ``"last"`` (the last token's row)."""
 
     keep: float | int = 0.1
-    pool: float = 0.25
+    pool: str = "diverse"
+    final: float = 1.0
     layer: int = 2
+    merge: bool = True
     diversity: float = 1.0
     relevance: str = "none"
 
     def validate(self) -> None:
         super().validate()
         info = self.model_info
-        self.normalise("pool", check_float(self.pool, "pool", 0.0, 1.0, low_open=True))
+        self.normalise("final", check_float(self.final, "final", 0.0, 1.0, low_open=True))
         self.normalise("layer", check_layer(check_int(self.layer, "layer", low=1), "layer",
                                             depth=info.llm_layers if info else None, low=1, fractions=False))
+        self.normalise("merge", check_bool(self.merge, "merge"))
         self.normalise("diversity", check_float(self.diversity, "diversity", low=0.0))
         check_choice(self.relevance, "relevance", RELEVANCE)
+        check_choice(self.pool, "pool", POOL_RULES)
+
+
+def pool_size(n: int, budget: int, final: float, layer: int, n_layers: int) -> int:
+    """``P``: the largest pool ``p <= n`` with ``layer·p + (n_layers - layer)·keep_count(final, p) <= n_layers·budget``.
+
+    ``p = budget`` always fits (the cut keeps at most ``p``), so ``P >= budget``; ``final=1.0`` gives ``budget``.
+    """
+    rest = n_layers - layer
+    best = min(budget, n)
+    for p in range(best + 1, n + 1):
+        if layer * p + rest * keep_count(final, p) <= n_layers * budget:
+            best = p
+    return best
+
+
+def grid_picks(n: int, k: int) -> torch.Tensor:
+    """``(k,)`` evenly spaced indices of ``n``: ``floor((i + 0.5)·n / k)``, ``i < k``."""
+    return torch.tensor([(2 * i + 1) * n // (2 * k) for i in range(k)], dtype=torch.long)
+
+
+def split_pool(total: int, sizes: list[int]) -> list[int]:
+    """``total`` pooled tokens shared by views of ``sizes`` patches in proportion (largest remainder, ties to
+    the first view); each share is at most its view's size."""
+    n = sum(sizes)
+    if n == 0:
+        return [0] * len(sizes)
+    shares = [total * s // n for s in sizes]
+    order = sorted(range(len(sizes)), key=lambda v: (-(total * sizes[v] % n), v))
+    for v in order[:total - sum(shares)]:
+        shares[v] += 1
+    return shares
+
+
+def merge_into_nearest(patches: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """``(k, D)``: each picked patch's feature averaged (equal weights) with the unpicked patches whose most
+    cosine-similar picked patch it is (ties: the first pick in ``picks``' order).
+
+    Args:
+        patches: ``(N, D)``; picks: ``(k,)`` distinct indices.
+    """
+    rest = torch.ones(len(patches), dtype=torch.bool)
+    rest[picks] = False
+    merged = patches[picks].float().clone()
+    counts = torch.ones(len(picks))
+    if rest.any():
+        owner = cosine_matrix(patches[rest], patches[picks]).argmax(dim=1)
+        merged.index_add_(0, owner, patches[rest].float())
+        counts.index_add_(0, owner, torch.ones(int(rest.sum())))
+    return (merged / counts[:, None]).to(patches.dtype)
 
 
 def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, beta: float) -> torch.Tensor:
@@ -109,30 +183,65 @@ def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, bet
 
 @register_reducer("divrelay")
 class DivRelay(Reducer):
-    """vtr's method: a diverse pool read by the LLM's first layers, then a diverse subset of it (layer 2)."""
+    """vtr's method: a diverse pool read by the LLM's first layers, then a diverse subset of it; keep = the
+    total budget (mean layer share)."""
 
     config_class = DivRelayConfig
 
-    def plan(self, visual: VisualTokens) -> list[torch.Tensor]:
+    def depth(self) -> int:
+        info = self.config.model_info
+        if info is None:
+            raise ValueError("divrelay sizes its pool from the LLM's depth; patch a model with vtr.patch "
+                             "(or bind the config: config.bind(vtr.config.ModelInfo(...)))")
+        return info.llm_layers
+
+    def identity(self) -> bool:
+        keep = self.config.keep
+        return (isinstance(keep, float) and keep >= 1.0) or float(self.config.final) >= 1.0
+
+    def pool_counts(self, visual: VisualTokens) -> list[int]:
+        """Per view: its share of its row's pool ``P`` (:func:`pool_size` on the row's patches)."""
+        n_layers = self.depth()
+        rows: dict[int, list[int]] = {}
+        for v, view in enumerate(visual.views):
+            rows.setdefault(view.sample, []).append(v)
+        counts = [0] * len(visual.views)
+        for members in rows.values():
+            sizes = [visual.views[v].n_patches for v in members]
+            n = sum(sizes)
+            budget = keep_count(self.config.keep, n)
+            if self.identity():
+                total = budget
+            else:
+                total = pool_size(n, budget, float(self.config.final), self.config.layer, n_layers)
+            for v, share in zip(members, split_pool(total, sizes)):  # at least 1 per view, as keep_count
+                counts[v] = max(share, 1) if visual.views[v].n_patches else 0
+        return counts
+
+    def plan(self, visual: VisualTokens) -> list[torch.Tensor | MergedView]:
         patches = [f[v.n_prefix:] for f, v in zip(visual.features, visual.views)]
-        counts = [max(keep_count(self.pool_share(), v.n_patches), self.budget(v)) for v in visual.views]
-        return max_min_per_view(patches, counts)
+        counts = self.pool_counts(visual)
+        if self.config.pool == "grid":
+            pools = [grid_picks(len(x), k) for x, k in zip(patches, counts)]
+        else:
+            pools = max_min_per_view(patches, counts)
+        if not self.config.merge:
+            return pools
+        return [picks if len(picks) >= len(x) else MergedView(picks, merge_into_nearest(x, picks))
+                for x, picks in zip(patches, pools)]
 
     def llm_layers(self, n_layers: int) -> list[int]:
         if self.config.layer >= n_layers:
             raise ValueError(f"layer={self.config.layer} must be below the LLM's {n_layers} layers")
-        return [self.config.layer]
-
-    def pool_share(self) -> float:
-        keep = self.config.keep
-        return max(float(self.config.pool), keep) if isinstance(keep, float) else float(self.config.pool)
+        return [] if self.identity() else [self.config.layer]
 
     def row_budget(self, n_pooled: int) -> int:
-        """Tokens a row keeps from ``layer`` on: ``keep / pool`` of its pooled tokens (an int ``keep``: per row)."""
+        """Tokens a row keeps from ``layer`` on: ``final`` of its ``n_pooled`` pooled tokens (rounded half up,
+        at least 1); an int ``keep`` at least the pool keeps it all (the budget allows it)."""
         keep = self.config.keep
-        if isinstance(keep, float):
-            return keep_count(min(1.0, keep / self.pool_share()), n_pooled)
-        return min(keep, n_pooled)
+        if isinstance(keep, int) and keep >= n_pooled:
+            return n_pooled
+        return keep_count(float(self.config.final), n_pooled)
 
     def llm_select(self, context) -> list[torch.Tensor]:
         attention: LayerAttention = context.attention
