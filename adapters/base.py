@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from vtr.adapters.layout import with_prefix
-from vtr.engine.splice import Segment, gather_columns, kept_columns, padding_side
+from vtr.engine.splice import Segment, gather_columns, kept_columns, packs_sequences, padding_side
 from vtr.probes.decoder import DecoderAttention
 from vtr.signals import Signal
 from vtr.visual import View, VisualTokens
@@ -229,6 +229,13 @@ class Adapter:
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}
         caller_numbered = kwargs.get("position_ids") is not None
+        if (not full and positions == "original" and kwargs.get("attention_mask") is None and caller_numbered
+                and kwargs["position_ids"].ndim == 2 and packs_sequences(kwargs["position_ids"])):
+            raise ValueError(
+                f"position_ids pack several sequences into one row (padding-free input); on {self.family!r} models "
+                "the kept tokens keep their original positions, and the gaps the dropped ones leave would read as "
+                "sequence starts: pass the sequences as a padded batch with an attention_mask"
+            )
         if kwargs.get("attention_mask") is None and (len(lengths) > 1 or (not full and positions == "original"
                                                                           and not caller_numbered)):
             # rows now need padding; or the kept columns' original positions have gaps, which transformers would

@@ -480,3 +480,27 @@ def test_forward_without_a_mask_or_cache_is_not_read_as_packed(family_model):
         cached = model(**inputs).logits
         assert cached.shape[1] < inputs["input_ids"].shape[1]
         torch.testing.assert_close(model(**inputs, use_cache=False).logits, cached, rtol=0, atol=1e-6)
+
+
+def test_packed_rows_are_refused_where_they_cannot_be_reduced(llava):
+    """Padding-free packing (position_ids restarting inside a row, no mask): an in-LLM reducer reads one attention
+    pattern per row and cannot tell the sequences apart, so it refuses, naming the input; on a family with 1-D
+    positions a pre-LLM reduction would leave position gaps that read as sequence starts, so it refuses too
+    (keep=1.0 drops nothing and runs; Qwen2-VL's packed rows are reduced: test_qwen2_vl). Plain explicit
+    positions are not packing."""
+    model, processor = llava
+    inputs = example_inputs(processor, "llava", "image", batch=2, seed=5)
+    mask = inputs["attention_mask"].bool()
+    packed = {"input_ids": inputs["input_ids"][mask][None], "pixel_values": inputs["pixel_values"],
+              "position_ids": torch.cat([torch.arange(n) for n in mask.sum(1).tolist()])[None]}
+    with vtr.patched(model, "fastv", keep=0.5, layer=1), torch.no_grad():
+        with pytest.raises(ValueError, match="position_ids pack several sequences into one row"):
+            model(**packed, use_cache=False)
+        single = {k: v[:1] for k, v in inputs.items() if k != "attention_mask"}
+        width = single["input_ids"].shape[1]
+        model(**single, position_ids=torch.arange(width)[None])  # one sequence: runs
+    with vtr.patched(model, "fastervlm", keep=1.0), torch.no_grad():  # nothing dropped: the identity
+        assert model(**packed, use_cache=False).logits.shape[1] == packed["input_ids"].shape[1]
+    with vtr.patched(model, "fastervlm", keep=0.5), torch.no_grad():  # 1-D positions: gaps would read as starts
+        with pytest.raises(ValueError, match="position_ids pack several sequences.*gaps"):
+            model(**packed, use_cache=False)

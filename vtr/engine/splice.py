@@ -100,3 +100,12 @@ def gather_columns(x: torch.Tensor, columns: list[torch.Tensor], pad_value, side
             row = torch.cat([pad, row] if side == "left" else [row, pad], dim=-1)
         rows.append(row)
     return torch.stack(rows, dim=batch_dim)
+
+
+def packs_sequences(position_ids: torch.Tensor | None) -> bool:
+    """Whether ``position_ids`` (``(B, N)``, or ``(4, B, N)`` with text positions first) put several sequences in
+    one row: transformers' rule for padding-free input, a position that is not its left neighbour's + 1."""
+    if position_ids is None or position_ids.ndim not in (2, 3) or (position_ids.ndim == 3 and position_ids.shape[0] != 4):
+        return False
+    text = position_ids if position_ids.ndim == 2 else position_ids[0]
+    return bool((text[:, 1:] - text[:, :-1] != 1).any())
