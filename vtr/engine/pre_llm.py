@@ -21,8 +21,8 @@ def apply_merge(visual, view_index: int, element, adapter=None) -> torch.Tensor:
 
     Adapters build the reduced output from ``visual.features``, so a :class:`MergedView` only has
     to place its features at the kept patch rows of a copy of the view's features. A merged view
-    whose ``pre_projector`` attribute is true holds features of the tower's space
-    (``Signal.PRE_PROJECTOR_FEATURES``): ``adapter.project_features`` maps them first.
+    with ``pre_projector`` holds features of the tower's space (``Signal.PRE_PROJECTOR_FEATURES``):
+    ``adapter.project_features`` maps them first.
     """
     if not isinstance(element, MergedView):
         return element.to(torch.long)
@@ -31,7 +31,7 @@ def apply_merge(visual, view_index: int, element, adapter=None) -> torch.Tensor:
     if element.features.shape[0] != index.numel():
         raise RuntimeError(f"a merged view has {element.features.shape[0]} features for {index.numel()} slots")
     merged = element.features
-    if getattr(element, "pre_projector", False):
+    if element.pre_projector:
         merged = adapter.project_features(merged)
     features = visual.features[view_index].clone()
     features[index + view.n_prefix] = merged.to(features.dtype)

@@ -99,14 +99,6 @@ REFERENCES = ("llava",)
 
 
 @dataclass
-class PreProjectorMergedView(MergedView):
-    """A :class:`MergedView` whose features lie in the tower's space (``Signal.PRE_PROJECTOR_FEATURES``):
-    the engine maps them through the model's projector (``Adapter.project_features``) before placing them."""
-
-    pre_projector: bool = True
-
-
-@dataclass
 class AIMConfig(ReducerConfig):
     """``keep``: the total budget (mean share of visual tokens per decoder layer; see the module notes).
     ``merge``: the merge stage's ratio per view (``None``: derived from ``keep`` and the schedule).
@@ -255,7 +247,7 @@ class AIM(Reducer):
                                    f"for {view.n_patches} patches ({view.n_tokens} tokens)")
             merged = merge_to(tower[v][view.n_prefix:], count, self.config.weighted, self.config.preserve_order,
                               metric=keys[v])
-            plans.append(PreProjectorMergedView(merged.index.sort().values, merged.features))
+            plans.append(MergedView(merged.index.sort().values, merged.features, pre_projector=True))
         return plans
 
     def schedule(self, n_layers: int) -> tuple[int, int]:

@@ -19,10 +19,13 @@ class MergedView:
         index: ``(k,)`` sorted patch indices whose slots (and, with original positions, position
             ids) the merged tokens take.
         features: ``(k, D)`` the features placed in those slots, in that order.
+        pre_projector: the features lie in the tower's space (``Signal.PRE_PROJECTOR_FEATURES``), not the
+            LLM's: the engine maps them through the model's projector (``Adapter.project_features``) first.
     """
 
     index: torch.Tensor
     features: torch.Tensor
+    pre_projector: bool = False
 
 
 class Reducer:
