@@ -104,6 +104,9 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     rejected_inputs = {
         "image_sizes": "Qwen2.5-VL takes image_grid_thw from its own processor, not image_sizes",
     }
+    #: without mm_token_type_ids the unpatched Qwen2.5-VL runs, numbering the columns as text (no M-RoPE)
+    needs_token_types = False
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
         self._signal_block: int | None = None
@@ -195,8 +198,14 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     # -- positions ------------------------------------------------------------------------------
     def default_position_ids(self, kwargs: dict, for_generate: bool) -> torch.Tensor:
         """Qwen2-VL's, with video frame groups at their absolute times (``second_per_grid_ts``):
-        ``(3, B, N)`` for ``forward``, ``(4, B, N)`` (text positions first) for ``generate``."""
+        ``(3, B, N)`` for ``forward``, ``(4, B, N)`` (text positions first) for ``generate``. Without
+        ``mm_token_type_ids`` what the unpatched model then uses: text positions on every row (no M-RoPE)."""
         input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        if kwargs.get("mm_token_type_ids") is None:
+            if for_generate:
+                return self.text_positions(input_ids, mask)[None].expand(4, -1, -1)
+            batch, width = input_ids.shape
+            return torch.arange(width, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
         rope, _ = self.model.model.get_rope_index(
             input_ids, kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
             video_grid_thw=kwargs.get("video_grid_thw"), second_per_grid_ts=kwargs.get("second_per_grid_ts"),

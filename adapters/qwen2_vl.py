@@ -172,6 +172,9 @@ class Qwen2VLAdapter(Adapter):
     position_modes = ("original",)
     #: vision block whose received attention substitutes for [CLS] attention (negative counts from the end)
     signal_block: int = -1
+    #: visual inputs without ``mm_token_type_ids`` (and without ``position_ids``) are refused, as the unpatched
+    #: model refuses them; a family whose model then numbers the columns as text sets this False
+    needs_token_types: bool = True
 
     # -- inputs ---------------------------------------------------------------------------------
     def check_inputs(self, kwargs: dict) -> None:
@@ -187,7 +190,7 @@ class Qwen2VLAdapter(Adapter):
             return
         types = kwargs.get("mm_token_type_ids")
         if types is None:
-            if kwargs.get("position_ids") is not None:
+            if kwargs.get("position_ids") is not None or not self.needs_token_types:
                 # The caller numbered every column (e.g. packed, padding-free sequences): the types only serve
                 # to compute M-RoPE positions, so, as in the unpatched model, they are not needed.
                 return

@@ -223,3 +223,27 @@ def test_quota_runs_on_video_with_the_self_scorer(qwen):
                              return_dict_in_generate=True, suppress_tokens=special_ids(model), use_cache=False)
         assert torch.equal(out.sequences, seq)
         torch.testing.assert_close(torch.stack(out.logits, dim=1), steps, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_visual_inputs_without_token_types_run_as_unpatched(qwen, keep):
+    """Unlike Qwen2-VL, the unpatched Qwen2.5-VL runs a call with pixels but no mm_token_type_ids, numbering the
+    columns as text (no M-RoPE): the patched model does the same — keep=1.0 equals it (forward and generate);
+    at keep 0.5 the kept columns keep those positions (the call with them passed explicitly)."""
+    model, processor = qwen
+    inputs = {k: v for k, v in batch_inputs(processor, "image").items() if k != "mm_token_type_ids"}
+    batch, width = inputs["input_ids"].shape
+    model.model.rope_deltas = None
+    reference = forward_logits(model, inputs)
+    reference_seq, _ = generate_steps(model, inputs, n=3)
+    with vtr.patched(model, "fastervlm", keep=keep):
+        logits = forward_logits(model, inputs)
+        sequences, _ = generate_steps(model, inputs, n=3)
+        if keep == 1.0:
+            torch.testing.assert_close(logits, reference, rtol=0, atol=0)
+            assert torch.equal(sequences, reference_seq)
+        else:
+            assert logits.shape[1] < width
+            explicit = torch.arange(width).view(1, 1, -1).expand(3, batch, -1)
+            torch.testing.assert_close(forward_logits(model, {**inputs, "position_ids": explicit}), logits,
+                                       rtol=0, atol=1e-6)
