@@ -183,8 +183,8 @@ def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, bet
 
 @register_reducer("divrelay")
 class DivRelay(Reducer):
-    """vtr's method: a diverse pool read by the LLM's first layers, then a diverse subset of it; keep = the
-    total budget (mean layer share)."""
+    """vtr's method: a max-min diverse pool of the budget, each left-out patch averaged into its most similar
+    pooled token (optionally relayed through the first LLM layers, then cut); keep = the total budget."""
 
     config_class = DivRelayConfig
 
