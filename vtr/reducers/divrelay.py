@@ -152,8 +152,8 @@ def merge_into_nearest(patches: torch.Tensor, picks: torch.Tensor,
     """
     near = cosine_matrix(patches, patches[picks]) if similarity is None else similarity[:, picks]
     owner = near.argmax(dim=1)  # (N,) the pick each patch joins
-    owner[picks] = torch.arange(len(picks))  # a pick is its own cluster's centre
-    merged = torch.zeros(len(picks), patches.shape[1]).index_add_(0, owner, patches.float())
+    owner[picks] = torch.arange(len(picks), device=owner.device)  # a pick is its own cluster's centre
+    merged = torch.zeros(len(picks), patches.shape[1], device=patches.device).index_add_(0, owner, patches.float())
     return (merged / torch.bincount(owner, minlength=len(picks))[:, None]).to(patches.dtype)
 
 
