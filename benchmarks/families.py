@@ -604,8 +604,8 @@ def geometry_line(result: dict) -> str:
     if family in QWEN_TITLES:
         t, h, w = g["grid_thw"]
         groups = f"{t} frame groups × {g['tokens_per_group']}" if t > 1 else f"{g['tokens_per_group']}"
-        line = (f"{head}: patch {g['patch_size']}, grid (t, h, w) = ({t}, {h}, {w}) → {g['patches']:,} patches, "
-                f"2×2-merged to {groups} = {prompt}; `keep` counts merged tokens per "
+        line = (f"{head}: patch {g.get('patch_size', 14)}, grid (t, h, w) = ({t}, {h}, {w}) → {g['patches']:,} "
+                f"patches, 2×2-merged to {groups} = {prompt}; `keep` counts merged tokens per "
                 f"{'frame group' if t > 1 else 'image'}.")
         if family == "qwen2_5_vl":
             line += (f" The tower attends within {g['window_px']} px windows ({g['windows_per_group']} per "
@@ -631,8 +631,8 @@ def geometry_line(result: dict) -> str:
         if "frames" in g:
             return (f"{head}: {g['frames']} frames × {g['grid']}×{g['grid']} patches, bilinearly pooled to "
                     f"{g['pooled']}×{g['pooled']} = {g['tokens_per_frame']} per frame, + one `image_newline` after "
-                    f"the last frame = {prompt}; `keep` applies per frame to its {g['tokens_per_frame']} pooled tokens, "
-                    f"the newline is kept." + adapted)
+                    f"the last frame = {prompt}; `keep` applies per frame to its {g['tokens_per_frame']} pooled "
+                    f"tokens, the newline is kept." + adapted)
         rows, cols = g["crop_grid"]
         grids = first["view_grids"]
         stitched = grids[1] if len(grids) > 1 else [0, 0]
@@ -742,11 +742,19 @@ def markdown(result: dict) -> str:
             if stacks else "") + ".",
         machine_line(result["machine"]),
     ]
-    dates = sorted({case.get("measured", result["machine"]["date"]) for case in result["cases"]})
-    if len(dates) > 1:  # --carry-cases: some cases come from an earlier run on the same settings
-        paragraphs.insert(-1, "Measured in separate runs with the same settings: " + "; ".join(
-            f"{', '.join(c['title'] for c in result['cases'] if c.get('measured', result['machine']['date']) == d)}"
-            f" on {d}" for d in dates) + ".")
+    runs: dict[tuple, list[str]] = {}  # --carry-cases: some cases come from an earlier run of the same models
+    for case in result["cases"]:
+        t = case.get("timing_settings", {})
+        key = (case.get("measured", result["machine"]["date"]), case.get("cpu", result["machine"].get("cpu")),
+               t.get("warmup", s["warmup"]),
+               t.get("repeats", s["repeats"]), t.get("max_seconds", s["max_seconds"]))
+        runs.setdefault(key, []).append(case["title"])
+    if len(runs) > 1:
+        paragraphs.insert(-1, "Measured in separate runs of the same models (`--carry-cases`; the timing "
+                          "paragraph and the machine line give the latest run's): " + "; ".join(
+                              f"{', '.join(titles)} on {date}, {cpu} ({warmup} warm-up round(s), {repeats} clean "
+                              f"samples wanted, {budget:g} s budget)"
+                              for (date, cpu, warmup, repeats, budget), titles in sorted(runs.items())) + ".")
     return "\n\n".join(paragraphs) + "\n"
 
 
@@ -766,7 +774,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def carried_cases(args: argparse.Namespace, config: dict, keeps: tuple[float, ...]) -> dict[str, dict]:
     """``--carry-cases``: the cases of the existing ``--json`` result that this run does not measure.
 
-    Refused unless that result was measured with the same models, keeps and timing settings."""
+    Refused unless that result was measured with the same models, keeps and seed; the timing settings may
+    differ (a busy machine may only allow fewer rounds for the new cases): each case keeps its own, stated in
+    the section. Its model settings may lack entries of families added since; those it has must be equal."""
     import json
     from pathlib import Path
 
@@ -774,13 +784,18 @@ def carried_cases(args: argparse.Namespace, config: dict, keeps: tuple[float, ..
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    new = dict(**timing_setup(args), keeps=list(keeps), config=json.loads(json.dumps(config)))
-    differ = sorted(k for k, v in new.items() if k != "seed" and old.get("setup", {}).get(k) != v)
+    setup = old.get("setup", {})
+    differ = [k for k, v in dict(quick=args.quick, seed=args.seed, keeps=list(keeps)).items() if setup.get(k) != v]
+    models = json.loads(json.dumps(config))
+    differ += sorted(f"config.{k}" for k, v in setup.get("config", {}).items() if models.get(k) != v)
     if differ:
         raise SystemExit(f"--carry-cases: {path} was measured with other settings ({', '.join(differ)}); "
                          "rerun every case instead")
-    return {c["case"]: dict(c, measured=c.get("measured", old["machine"]["date"])) for c in old["cases"]
-            if c["case"] not in args.cases}
+    timing = {k: setup[k] for k in ("warmup", "repeats", "max_foreign", "max_seconds") if k in setup}
+    return {c["case"]: dict(c, measured=c.get("measured", old["machine"]["date"]),
+                            cpu=c.get("cpu", old["machine"].get("cpu")),
+                            timing_settings=c.get("timing_settings", timing))
+            for c in old["cases"] if c["case"] not in args.cases}
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:
@@ -801,7 +816,8 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     finally:
         torch.set_num_threads(threads)
     for case in cases:
-        case["measured"] = info["date"]
+        case["measured"], case["cpu"] = info["date"], info.get("cpu")
+        case["timing_settings"] = {k: v for k, v in timing_setup(args).items() if k not in ("quick", "seed")}
     run = {c["case"]: c for c in cases}
     cases = [run.get(name) or carried[name] for name in CASES if name in run or name in carried]
     result = dict(

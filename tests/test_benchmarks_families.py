@@ -160,7 +160,7 @@ def test_markdown_section_written_once(run):
 
 def test_carry_cases_keeps_the_other_cases_of_the_same_settings(run, tmp_path):
     """``--cases X --carry-cases`` reruns X only and keeps every other case of the existing result as it was;
-    a result measured with other settings is refused rather than mixed in."""
+    a result of other models or keeps is refused rather than mixed in; other timing settings are stated."""
     js = tmp_path / "families.json"
     js.write_text(json.dumps(run["json"]))
     md = tmp_path / "BENCHMARKS.md"
@@ -175,3 +175,7 @@ def test_carry_cases_keeps_the_other_cases_of_the_same_settings(run, tmp_path):
     assert "| Gemma 3, image | (a) unpatched |" in md.read_text()
     with pytest.raises(SystemExit, match="other settings"):
         families.main([*args, "--cases", "gemma3_image", "--keeps", "0.5"], log=lambda *_: None)
+    families.main([*args, "--cases", "video_llava", "--repeats", "1", "--warmup", "0"], log=lambda *_: None)
+    text = md.read_text()
+    assert "Measured in separate runs" in text and "Video-LLaVA, video on " in text
+    assert "(0 warm-up round(s), 1 clean samples wanted" in text
