@@ -27,7 +27,7 @@ SECTION = "overhead"
 #: (reducer, settings beyond keep) — every reducer with a pre-LLM stage that runs on LLaVA-1.5
 CASES = [("fastervlm", {}), ("random", {}), ("fopru", {}), ("fopru", {"strategy": "row"}), ("vtc_cls", {}),
          ("pool", {}), ("aim", {"prune": False}),
-         ("visionzip", {}), ("vispruner", {}), ("divprune", {}), ("cdpruner", {}), ("dart_pre", {})]
+         ("visionzip", {}), ("vispruner", {}), ("divprune", {}), ("cdpruner", {}), ("dart_pre", {}), ("divrelay", {})]
 #: on LLaVA-NeXT (AnyRes, 672² → 5 views of 576), where globalcom2 also runs
 NEXT_CASES = [("fastervlm", {}), ("globalcom2", {}), ("fopru", {}), ("vtc_cls", {}), ("pool", {})]
 
