@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from vtr.adapters.layout import with_prefix
-from vtr.engine.splice import Segment, gather_columns, kept_columns, packs_sequences, padding_side
+from vtr.engine.splice import Segment, gather_columns, kept_columns, padding_side, read_as_packed
 from vtr.probes.decoder import DecoderAttention
 from vtr.signals import Signal
 from vtr.visual import View, VisualTokens
@@ -229,8 +229,8 @@ class Adapter:
         new = {k: v for k, v in kwargs.items() if k not in self.visual_inputs}
         lengths = {len(c) for c in columns}
         caller_numbered = kwargs.get("position_ids") is not None
-        if (not full and positions == "original" and kwargs.get("attention_mask") is None and caller_numbered
-                and kwargs["position_ids"].ndim == 2 and packs_sequences(kwargs["position_ids"])):
+        if (not full and positions == "original" and read_as_packed(kwargs, for_generate)
+                and kwargs["position_ids"].ndim == 2):
             raise ValueError(
                 f"position_ids pack several sequences into one row (padding-free input); on {self.family!r} models "
                 "the kept tokens keep their original positions, and the gaps the dropped ones leave would read as "

@@ -214,3 +214,17 @@ def test_keep_one_is_identity(family, kind):
 
 def test_batch_equals_single():
     check_batch_equals_single("divrelay", "llava", keep=0.1, padded=False)
+
+
+def test_relay_layer_is_checked_against_the_depth_only_with_a_relay():
+    """Without a relay (final=1.0, the default) divrelay runs on any depth, e.g. a 2-layer LLM where the default
+    relay layer 2 does not exist; with a relay, a layer past the depth is refused at patch time."""
+    from vtr.testing import tiny_model
+
+    model, processor = tiny_model("llava", text={"num_hidden_layers": 2})
+    inputs = example_inputs(processor, "llava", "image")
+    with vtr.patched(model, "divrelay", keep=0.25), torch.no_grad():
+        assert model(**inputs).logits.shape[1] < inputs["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="layer=2 is out of range"):
+        vtr.patch(model, "divrelay", keep=0.25, final=0.7)
+    assert not vtr.is_patched(model)

@@ -11,7 +11,7 @@ import torch
 
 from vtr.ops.flops import prefill_flops
 from vtr.reducers.base import MergedView
-from vtr.engine.splice import packs_sequences, padding_side
+from vtr.engine.splice import padding_side, read_as_packed
 from vtr.stats import ReductionStats, ViewRecord
 from vtr.visual import ModelAccess
 
@@ -117,8 +117,7 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     check_positions(adapter, config)
     checked = handle.spec.reducer_class(config)
     check_signals(adapter, checked)
-    if (checked.llm_layers(adapter.text_config.num_hidden_layers) and kwargs.get("attention_mask") is None
-            and packs_sequences(kwargs.get("position_ids"))):
+    if checked.llm_layers(adapter.text_config.num_hidden_layers) and read_as_packed(kwargs, for_generate):
         raise ValueError(
             f"position_ids pack several sequences into one row (padding-free input); reducer {handle.reducer!r} "
             "prunes inside the LLM by batch row, reading one attention pattern per row, so it cannot tell the "

@@ -102,6 +102,17 @@ def gather_columns(x: torch.Tensor, columns: list[torch.Tensor], pad_value, side
     return torch.stack(rows, dim=batch_dim)
 
 
+def read_as_packed(kwargs: dict, for_generate: bool) -> bool:
+    """Whether transformers reads this call's ``position_ids`` as several packed sequences: a ``forward`` with no
+    attention mask and no filled cache whose positions restart inside a row (:func:`packs_sequences`).
+    ``generate`` always has a mask and a cache, so it never does."""
+    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache") if cache is None else cache
+    cached = cache is not None and hasattr(cache, "get_seq_length") and int(cache.get_seq_length()) > 0
+    return (not for_generate and kwargs.get("attention_mask") is None and not cached
+            and packs_sequences(kwargs.get("position_ids")))
+
+
 def packs_sequences(position_ids: torch.Tensor | None) -> bool:
     """Whether ``position_ids`` (``(B, N)``, or ``(4, B, N)`` with text positions first) put several sequences in
     one row: transformers' rule for padding-free input, a position that is not its left neighbour's + 1."""

@@ -102,8 +102,10 @@ class DivRelayConfig(ReducerConfig):
         super().validate()
         info = self.model_info
         self.normalise("final", check_float(self.final, "final", 0.0, 1.0, low_open=True))
+        # the relay layer is checked against the model's depth only when there is a relay (final < 1)
+        relay_depth = info.llm_layers if info and self.final < 1 else None
         self.normalise("layer", check_layer(check_int(self.layer, "layer", low=1), "layer",
-                                            depth=info.llm_layers if info else None, low=1, fractions=False))
+                                            depth=relay_depth, low=1, fractions=False))
         self.normalise("merge", check_bool(self.merge, "merge"))
         self.normalise("diversity", check_float(self.diversity, "diversity", low=0.0))
         check_choice(self.relevance, "relevance", RELEVANCE)
@@ -241,9 +243,11 @@ class DivRelay(Reducer):
                 for x, picks in zip(patches, pools)]
 
     def llm_layers(self, n_layers: int) -> list[int]:
+        if self.identity():  # no cut inside the LLM (final=1.0, the default, or keep=1.0): no layer to check
+            return []
         if self.config.layer >= n_layers:
             raise ValueError(f"layer={self.config.layer} must be below the LLM's {n_layers} layers")
-        return [] if self.identity() else [self.config.layer]
+        return [self.config.layer]
 
     def row_budget(self, n_pooled: int) -> int:
         """Tokens a row keeps from ``layer`` on: ``final`` of its ``n_pooled`` pooled tokens (rounded half up,
