@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import vtr
-from helpers import forward_logits, generate_steps, special_ids
+from helpers import budget, check_implementation_and_dtype, forward_logits, generate_steps, special_ids
 from reference import reference_topk
 from vtr.testing import example_inputs, random_image, tiny_model
 from vtr.testing.gemma3 import BOI
@@ -27,10 +27,6 @@ def gemma():
     model, processor = tiny_model(FAMILY)
     yield model, processor
     assert not vtr.is_patched(model)
-
-
-def budget(keep, n):
-    return max(1, min(n, int(keep * n + 0.5)))
 
 
 def eager_pooled_received(model, pixels):
@@ -130,18 +126,8 @@ def test_cached_generate_equals_no_cache_recompute(gemma):
 
 @pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
 def test_attention_implementations_and_bf16(implementation, dtype):
-    model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(dtype)
-    inputs = example_inputs(processor, FAMILY, "image", batch=2, seed=1)
-    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-    ref = forward_logits(model, inputs)
-    with vtr.patched(model, "fastervlm", keep=1.0):
-        assert torch.equal(forward_logits(model, inputs), ref)
-    with vtr.patched(model, "pool", keep=0.25):
-        seq = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
-        assert seq.shape[1] == inputs["input_ids"].shape[1] + 3
-        assert model.vtr.stats.visual_tokens_out == [16, 16]
-    assert torch.equal(forward_logits(model, inputs), ref)
+    _, stats = check_implementation_and_dtype(FAMILY, "image", implementation, dtype, reducer="pool")
+    assert stats.visual_tokens_out == [16, 16]
 
 
 def test_in_llm_and_cls_reducers_are_refused_at_patch_time(gemma):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import vtr
-from helpers import forward_logits, generate_steps, special_ids
+from helpers import budget, check_implementation_and_dtype, forward_logits, generate_steps, special_ids
 from reference import reference_topk
 from vtr.testing import example_inputs, random_image, tiny_model
 
@@ -28,10 +28,6 @@ def onevision():
     model, processor = tiny_model(FAMILY)
     yield model, processor
     assert not vtr.is_patched(model)
-
-
-def budget(keep, n):
-    return max(1, min(n, int(keep * n + 0.5)))
 
 
 def eager_received(model, pixels):
@@ -194,18 +190,7 @@ def test_two_images_in_one_row_are_one_view_each(onevision):
 
 @pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
 def test_attention_implementations_and_bf16(implementation, dtype):
-    model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(dtype)
-    inputs = example_inputs(processor, FAMILY, "image+video", batch=2, seed=1)
-    for key in ("pixel_values", "pixel_values_videos"):
-        inputs[key] = inputs[key].to(dtype)
-    ref = forward_logits(model, inputs)
-    with vtr.patched(model, "fastervlm", keep=1.0):
-        assert torch.equal(forward_logits(model, inputs), ref)
-    with vtr.patched(model, "fastervlm", keep=0.25):
-        seq = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
-        assert seq.shape[1] == inputs["input_ids"].shape[1] + 3
-    assert torch.equal(forward_logits(model, inputs), ref)
+    check_implementation_and_dtype(FAMILY, "image+video", implementation, dtype)
 
 
 def test_refusals_are_clear_and_leave_the_model_alone(onevision):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vtr
-from helpers import forward_logits, generate_steps
+from helpers import budget, forward_logits, generate_steps
 from reference_qwen2_vl import eager_received_attention, oracle_forward, reference_topk, unpatched_positions
 from vtr.testing import example_inputs, random_image, tiny_model
 from vtr.testing.qwen2_vl import media_prompt, random_video
@@ -31,11 +31,6 @@ def special_ids(model):
     return [c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id]
 
 
-
-
-def budget(keep, n):
-    """FasterVLM's count for a ratio, written out independently of vtr.ops.selection."""
-    return max(1, min(n, int(np.floor(keep * n + 0.5))))
 
 
 def test_processor_and_config_ids_line_up(qwen):

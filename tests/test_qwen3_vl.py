@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vtr
-from helpers import forward_logits, generate_steps, special_ids
+from helpers import budget, check_implementation_and_dtype, forward_logits, generate_steps, special_ids
 from reference_qwen2_vl import eager_received_attention, reference_topk, unpatched_positions
 from vtr.testing import example_inputs, tiny_model
 
@@ -24,10 +24,6 @@ def qwen():
     model, processor = tiny_model(FAMILY)
     yield model, processor
     assert not vtr.is_patched(model)
-
-
-def budget(keep, n):
-    return max(1, min(n, int(keep * n + 0.5)))
 
 
 def oracle_forward(model, inputs, kind, kept, labels):
@@ -121,17 +117,7 @@ def test_merging_reducer_runs_and_says_what_deepstack_gets(qwen):
 
 @pytest.mark.parametrize("implementation, dtype", [("eager", torch.float32), ("sdpa", torch.bfloat16)])
 def test_attention_implementations_and_bf16(implementation, dtype):
-    model, processor = tiny_model(FAMILY, attn_implementation=implementation)
-    model.to(dtype)
-    inputs = example_inputs(processor, FAMILY, "video", batch=2, seed=1)
-    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(dtype)
-    ref = forward_logits(model, inputs)
-    with vtr.patched(model, "fastervlm", keep=1.0):
-        assert torch.equal(forward_logits(model, inputs), ref)
-    with vtr.patched(model, "fastervlm", keep=0.25):
-        seq = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=special_ids(model))
-        assert seq.shape[1] == inputs["input_ids"].shape[1] + 3
-    assert torch.equal(forward_logits(model, inputs), ref)
+    check_implementation_and_dtype(FAMILY, "video", implementation, dtype)
 
 
 def test_in_llm_and_cls_reducers_are_refused_at_patch_time(qwen):
