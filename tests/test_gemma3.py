@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import vtr
-from helpers import budget, check_implementation_and_dtype, forward_logits, generate_steps, special_ids
+from helpers import budget, check_implementation_and_dtype, forward_logits, generate_steps
 from reference import reference_topk
 from vtr.testing import example_inputs, random_image, tiny_model
 from vtr.testing.gemma3 import BOI
