@@ -28,12 +28,14 @@ def reference_topk(scores, k):
     return torch.topk(scores, k, dim=-1).indices.sort(-1).values
 
 
-def oracle_forward(model, inputs, kept, positions="original", **kwargs):
+def oracle_forward(model, inputs, kept, positions="original", sizes=None, **kwargs):
     """The unpatched model fed only the kept visual tokens of each image.
 
     ``kept[i]``: sorted patch indices kept for image i (images in row-major order). Rows must keep
     the same number of tokens. Position ids are the unpatched forward's (arange over the full
     prompt) gathered at the kept columns, or contiguous for ``positions="renumber"``.
+    ``sizes[i]`` (proportional attention): how many patches each kept token of image i stands for; the
+    model then gets a 4-D float mask, causal and padding, plus ``log size`` on those tokens' key columns.
     """
     image_token = model.config.image_token_id
     with torch.no_grad():
@@ -63,9 +65,32 @@ def oracle_forward(model, inputs, kept, positions="original", **kwargs):
         call["labels"] = torch.stack(rows_labels)
     if positions == "original":
         call["position_ids"] = torch.stack(rows_pos)
+    mask = torch.stack(rows_mask)
+    if sizes is not None:
+        mask = biased_causal_mask(torch.stack(rows_ids), mask, image_token, sizes, model.dtype)
     with torch.no_grad():
-        return model(input_ids=torch.stack(rows_ids), attention_mask=torch.stack(rows_mask),
+        return model(input_ids=torch.stack(rows_ids), attention_mask=mask,
                      mm_encoder_outputs={"image": feats}, **call)
+
+
+def biased_causal_mask(ids, mask, image_token, sizes, dtype):
+    """``(B, 1, L, L)`` additive mask: 0 where a query may attend (causal, real keys), the dtype's minimum
+    elsewhere, plus ``log sizes[i][j]`` on the j-th image token of image i (images in row-major order)."""
+    b, n = ids.shape
+    low = torch.finfo(dtype).min
+    out = torch.full((b, 1, n, n), low, dtype=dtype)
+    image = 0
+    for r in range(b):
+        bias = torch.zeros(n, dtype=dtype)
+        cols = (ids[r] == image_token).nonzero().squeeze(1)
+        for start in range(0, len(cols), len(sizes[image])):
+            bias[cols[start:start + len(sizes[image])]] = torch.log(torch.as_tensor(sizes[image], dtype=dtype))
+            image += 1
+        for q in range(n):
+            for k in range(q + 1):
+                if mask[r, k]:
+                    out[r, 0, q, k] = bias[k]
+    return out
 
 
 def llava_input_embeds(model, input_ids, pixel_values):

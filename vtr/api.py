@@ -17,6 +17,7 @@ from vtr import reducers  # noqa: F401  (registers the built-in reducers)
 from vtr.adapters import adapter_for
 from vtr.engine import continuation
 from vtr.engine.in_llm import llm_stage, loss_on_kept, record_llm_stage
+from vtr.engine.proportional import attention_stage
 from vtr.engine.pre_llm import check_positions, check_signals, reduce_call
 from vtr.engine.streaming import CallerPromptStreamer
 from vtr.config import ReducerConfig, model_info
@@ -116,7 +117,7 @@ class VTRHandle:
         call = bind_arguments(original_forward, args, kwargs)
         with self._lock:  # one patched call at a time per model (hooks and stats are per model)
             reduced = reduce_call(self, call, for_generate=False)
-            with llm_stage(self, reduced) as engine:
+            with attention_stage(self.adapter, self.stats.key_bias), llm_stage(self, reduced) as engine:
                 labels = reduced.pop("labels", None) if engine is not None else None
                 shift_labels = reduced.pop("shift_labels", None) if engine is not None else None
                 output = original_forward(**as_called(reduced, call))
@@ -149,44 +150,57 @@ class VTRHandle:
             yield
             return
         outer_engine, outer_stats = getattr(self._local, "engine", None), self.stats
-        if outer_engine is not None:
-            outer_engine.suspend()
+        outer_attention = getattr(self._local, "attention", None)
+        for stage in (outer_attention, outer_engine):
+            if stage is not None:
+                stage.suspend()
         try:
             yield
         finally:
             self._local.in_generate, self._local.engine, self.stats = True, outer_engine, outer_stats
-            if outer_engine is not None:
-                outer_engine.resume()
+            self._local.attention = outer_attention
+            for stage in (outer_attention, outer_engine):  # the bias hooks prepend themselves: order holds
+                if stage is not None:
+                    stage.resume()
 
     def _generate_locked(self, original_generate, call: dict, prompt):
         cmap = continuation.map_of(continuation.cache_of(call))
         with torch.no_grad():
             if cmap is not None:  # a later turn: the cache holds reduced slots (see vtr.engine.continuation)
-                reduced, columns = continuation.continue_call(self, call, cmap, self._reduce_with_columns)
+                tail = {}
+
+                def reduce_tail(kwargs):
+                    out = self._reduce_with_columns(kwargs)
+                    tail["key_bias"] = self.stats.key_bias
+                    return out
+
+                reduced, columns = continuation.continue_call(self, call, cmap, reduce_tail)
+                key_bias = continuation.continued_key_bias(cmap, reduced["input_ids"].shape[1], tail.get("key_bias"))
                 stage = llm_stage(self, reduced, resume=cmap.engine)
             else:
                 reduced, columns = self._reduce_with_columns(call)
+                key_bias = self.stats.key_bias
                 stage = llm_stage(self, reduced)
         if reduced.get("streamer") is not None and prompt is not None:
             reduced["streamer"] = CallerPromptStreamer(reduced["streamer"], prompt)
         self._local.in_generate = True
         try:
-            with stage as engine:
-                self._local.engine = engine
+            with attention_stage(self.adapter, key_bias) as attention, stage as engine:
+                self._local.engine, self._local.attention = engine, attention
                 if engine is not None:
                     # the per-layer pruning hooks of an in-LLM stage run in every decode step and cannot be traced:
                     # generate's automatic compilation (compileable cache + compile_config) is turned off for them
                     reduced = {**reduced, "disable_compile": True}
                 output = original_generate(**as_called(reduced, call))
         finally:
-            self._local.in_generate, self._local.engine = False, None
+            self._local.in_generate, self._local.engine, self._local.attention = False, None, None
         if cmap is None:
             record_llm_stage(self.stats, engine, self.adapter.text_config)
         output = with_caller_prompt(output, prompt, reduced.get("input_ids"))
         if prompt is not None and reduced.get("input_ids") is not None:
             cache = getattr(output, "past_key_values", None) or continuation.cache_of(call)
             sequences = output if isinstance(output, torch.Tensor) else output.sequences
-            continuation.record_map(self, cache, sequences, prompt.shape[1], reduced, columns, engine)
+            continuation.record_map(self, cache, sequences, prompt.shape[1], reduced, columns, engine, key_bias)
         return output
 
     def _reduce_with_columns(self, call: dict) -> tuple[dict, torch.Tensor | None]:

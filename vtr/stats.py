@@ -34,6 +34,9 @@ class ReductionStats:
             (after any re-padding on the left).
         llm_columns: for each in-LLM prune layer ``K``, per row, the columns of the LLM input that
             layers ``>= K`` process (-1 for filler entries of ragged batches).
+        key_bias: ``(B, L')`` per column of the LLM input, the ``log`` of how many patches a merged visual
+            token stands for, added to its attention logits in every decoder layer (proportional attention,
+            :mod:`vtr.engine.proportional`); 0 for every other column; ``None`` when nothing asks for it.
         seconds: wall time of the vision encoding and of the reducer's selection (and what a reducer
             adds, e.g. QuoTA's ``quota_decouple`` / ``quota_score``).
         records: what a reducer recorded about the call, by name (QuoTA: ``"quota"``, one
@@ -53,6 +56,7 @@ class ReductionStats:
     views: list[ViewRecord] = field(default_factory=list)
     kept_columns: list[torch.Tensor] = field(default_factory=list)
     llm_columns: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    key_bias: torch.Tensor | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

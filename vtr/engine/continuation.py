@@ -32,6 +32,8 @@ class CacheMap:
         positions: ``(B, S)`` or ``(R, B, S)`` position ids of the slots, as generate's ``position_ids``.
         engine: the in-LLM engine's state (which entries every decoder layer kept), or ``None``.
         reducer: the reducer that filled the cache.
+        key_bias: ``(B, S)`` the proportional-attention bias of each slot (:mod:`vtr.engine.proportional`),
+            or ``None`` when no slot has one.
     """
 
     caller_ids: torch.Tensor
@@ -39,6 +41,7 @@ class CacheMap:
     positions: torch.Tensor
     engine: object | None
     reducer: str
+    key_bias: torch.Tensor | None = None
 
 
 def cache_of(call: dict):
@@ -138,8 +141,22 @@ def continue_call(handle, call: dict, cmap: CacheMap, reduce) -> tuple[dict, tor
     return new, torch.cat([columns, tail_columns], dim=1)
 
 
+def continued_key_bias(cmap: CacheMap, width: int, tail_bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``(B, width)`` the bias of a continued call's columns: the cached slots' then the new turn's (its own
+    merged media), zeros where neither has one; ``None`` when nothing is biased."""
+    if cmap.key_bias is None and tail_bias is None:
+        return None
+    rows, slots = cmap.columns.shape
+    out = torch.zeros(rows, width)
+    if cmap.key_bias is not None:
+        out[:, :slots] = cmap.key_bias[:, :slots].cpu()
+    if tail_bias is not None:
+        out[:, slots:slots + tail_bias.shape[1]] = tail_bias.cpu()
+    return out
+
+
 def record_map(handle, cache, caller_sequences: torch.Tensor, prompt_length: int, reduced_call: dict,
-               columns: torch.Tensor | None, engine) -> None:
+               columns: torch.Tensor | None, engine, key_bias: torch.Tensor | None = None) -> None:
     """Attach the :class:`CacheMap` of a finished patched ``generate`` to the cache it filled.
 
     Args:
@@ -174,6 +191,7 @@ def record_map(handle, cache, caller_sequences: torch.Tensor, prompt_length: int
         positions=positions,
         engine=getattr(engine, "state", None),
         reducer=handle.reducer,
+        key_bias=None if key_bias is None else torch.nn.functional.pad(key_bias.cpu(), (0, generated)),
     ))
     mask = reduced_call.get("attention_mask")
     valid = torch.full((rows,), length, device=device) if mask is None or mask.ndim != 2 else mask.sum(dim=1)

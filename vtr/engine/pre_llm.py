@@ -11,6 +11,7 @@ import torch
 
 from vtr.ops.flops import prefill_flops
 from vtr.reducers.base import MergedView
+from vtr.engine.proportional import caller_key_bias, check_implementation, reduced_key_bias, segment_token_weights
 from vtr.engine.splice import padding_side, read_as_packed
 from vtr.stats import ReductionStats, ViewRecord
 from vtr.visual import ModelAccess
@@ -140,13 +141,19 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
 
     start = time.perf_counter()
     reducer = handle.spec.reducer_class(config)  # built per call: config edits apply from the next call
-    token_keep = []
+    token_keep, weighted = [], []
     for e in encoded:
         if e.visual.view_inputs is not None:
             e.visual.model = model_access(handle)
-        plan = [apply_merge(e.visual, v, p, adapter) for v, p in enumerate(reducer.plan(e.visual))]
+        elements = reducer.plan(e.visual)
+        sizes = [p.sizes if isinstance(p, MergedView) else None for p in elements]
+        plan = [apply_merge(e.visual, v, p, adapter) for v, p in enumerate(elements)]
         validate_plan(plan, e.visual, handle.reducer)
-        token_keep.append(adapter.segment_keep(e, plan))
+        keep = adapter.segment_keep(e, plan)
+        token_keep.append(keep)
+        if any(s is not None for s in sizes):  # merged tokens weigh their patch counts (proportional attention)
+            check_implementation(adapter)
+            weighted.append((e, keep, segment_token_weights(adapter, e, plan, sizes, keep)))
         stats.notes += [n for n in e.visual.notes if n not in stats.notes]
         stats.views += [ViewRecord(v.sample, v.grid, p.cpu()) for p, v in zip(plan, e.visual.views)]
         stats.records.update(e.visual.records)
@@ -158,6 +165,8 @@ def reduce_call(handle, kwargs: dict, for_generate: bool) -> dict:
     record_counts(stats, adapter, kwargs, encoded, token_keep)
     # Aligned with the reduced prompt's rows: re-padding entries are -1.
     stats.kept_columns = padded_columns(columns, padding_side(kwargs.get("attention_mask")))
+    if weighted:
+        stats.key_bias = reduced_key_bias(caller_key_bias(kwargs["input_ids"], weighted), stats.kept_columns)
     if derived_ids:  # the model gets the caller's (gathered) embeddings, as called
         new_kwargs.pop("input_ids")
     return new_kwargs

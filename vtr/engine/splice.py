@@ -24,30 +24,20 @@ class Segment:
     token_id: int
 
 
-def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[torch.Tensor],
-                 attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Columns of each row that survive the reduction.
+def segment_columns(input_ids: torch.Tensor, segments: list[Segment]) -> list[torch.Tensor]:
+    """Per segment, ``(n_tokens,)`` the columns of ``input_ids`` its placeholders occupy, in order.
 
     Segments are consumed in order: per row, the placeholders of each token id are matched with the
-    segments of that token id, ``segment.n_tokens`` placeholders each. The caller's padding columns
-    (``attention_mask`` 0) are dropped too: rows are re-padded to the longest *reduced* row, so a batch
-    whose rows shrink by different amounts (a text-only row next to image rows) is no wider than needed.
+    segments of that token id, ``segment.n_tokens`` placeholders each.
 
     Args:
         input_ids: ``(B, N)`` prompt ids with full placeholder runs.
         segments: in batch order (row-major, then order of appearance).
-        keep: per segment, sorted ``(k_s,)`` indices into the segment's tokens.
-        attention_mask: ``(B, N)``, or None (no padding).
-    Returns:
-        per row, sorted ``(N'_b,)`` int64 column indices into ``input_ids``.
     """
     token_ids = sorted({v.token_id for v in segments})
     queues = {t: [i for i, v in enumerate(segments) if v.token_id == t] for t in token_ids}
-    columns = []
+    columns: list[torch.Tensor | None] = [None] * len(segments)
     for row_index, row in enumerate(input_ids):
-        is_visual = torch.isin(row, torch.tensor(token_ids, device=row.device))
-        real = attention_mask[row_index].to(row.device).bool() if attention_mask is not None else torch.ones_like(is_visual)
-        parts = [(~is_visual & real).nonzero().squeeze(1)]
         for token_id in token_ids:
             positions = (row == token_id).nonzero().squeeze(1)
             offset = 0
@@ -64,12 +54,37 @@ def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[to
                         f"input_ids row {row_index}: placeholder count (id {token_id}) does not match the "
                         f"visual inputs ({segment.n_tokens} tokens per segment); build the prompt with the model's processor"
                     )
-                parts.append(positions[offset + keep[segment_index].to(positions.device)])
+                columns[segment_index] = positions[offset:offset + segment.n_tokens]
                 offset += segment.n_tokens
-        columns.append(torch.cat(parts).sort().values)
     leftover = sum(len(q) for q in queues.values())
     if leftover:
         raise ValueError(f"{leftover} visual input(s) have no placeholders in input_ids")
+    return columns
+
+
+def kept_columns(input_ids: torch.Tensor, segments: list[Segment], keep: list[torch.Tensor],
+                 attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Columns of each row that survive the reduction: its text columns and each segment's kept placeholders
+    (:func:`segment_columns`). The caller's padding columns (``attention_mask`` 0) are dropped too: rows are
+    re-padded to the longest *reduced* row, so a batch whose rows shrink by different amounts (a text-only
+    row next to image rows) is no wider than needed.
+
+    Args:
+        input_ids: ``(B, N)`` prompt ids with full placeholder runs.
+        segments: in batch order (row-major, then order of appearance).
+        keep: per segment, sorted ``(k_s,)`` indices into the segment's tokens.
+        attention_mask: ``(B, N)``, or None (no padding).
+    Returns:
+        per row, sorted ``(N'_b,)`` int64 column indices into ``input_ids``.
+    """
+    placed = segment_columns(input_ids, segments)
+    token_ids = torch.tensor(sorted({v.token_id for v in segments}), device=input_ids.device)
+    columns = []
+    for row_index, row in enumerate(input_ids):
+        real = attention_mask[row_index].to(row.device).bool() if attention_mask is not None else torch.ones_like(row, dtype=torch.bool)
+        parts = [(~torch.isin(row, token_ids) & real).nonzero().squeeze(1)]
+        parts += [placed[i][keep[i].to(placed[i].device)] for i, v in enumerate(segments) if v.sample == row_index]
+        columns.append(torch.cat(parts).sort().values)
     return columns
 
 

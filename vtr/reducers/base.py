@@ -21,11 +21,15 @@ class MergedView:
         features: ``(k, D)`` the features placed in those slots, in that order.
         pre_projector: the features lie in the tower's space (``Signal.PRE_PROJECTOR_FEATURES``), not the
             LLM's: the engine maps them through the model's projector (``Adapter.project_features``) first.
+        sizes: ``(k,)`` how many patches each merged token stands for, or None. When given, each token's
+            attention logit as a key gets ``log size`` in every decoder layer (proportional attention,
+            :mod:`vtr.engine.proportional`), so it draws the attention mass of the patches it replaces.
     """
 
     index: torch.Tensor
     features: torch.Tensor
     pre_projector: bool = False
+    sizes: torch.Tensor | None = None
 
 
 class Reducer:

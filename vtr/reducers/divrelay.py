@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from vtr.config import ReducerConfig, check_bool, check_choice, check_float, check_int, check_layer
-from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_diverse, max_min_per_view
+from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_diverse
 from vtr.ops.selection import keep_count
 from vtr.probes.decoder import LayerAttention
 from vtr.reducers.base import MergedView, Reducer
@@ -97,6 +97,8 @@ class DivRelayConfig(ReducerConfig):
     merge: bool = True
     diversity: float = 1.0
     relevance: str = "none"
+    salience: float = 1.0
+    proportional: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -110,6 +112,8 @@ class DivRelayConfig(ReducerConfig):
         self.normalise("diversity", check_float(self.diversity, "diversity", low=0.0))
         check_choice(self.relevance, "relevance", RELEVANCE)
         check_choice(self.pool, "pool", POOL_RULES)
+        self.normalise("salience", check_float(self.salience, "salience", low=0.0))
+        self.normalise("proportional", check_bool(self.proportional, "proportional"))
 
 
 def pool_size(n: int, budget: int, final: float, layer: int, n_layers: int) -> int:
@@ -144,9 +148,10 @@ def split_pool(total: int, sizes: list[int]) -> list[int]:
 
 
 def merge_into_nearest(patches: torch.Tensor, picks: torch.Tensor,
-                       similarity: torch.Tensor | None = None) -> torch.Tensor:
-    """``(k, D)``: each picked patch's feature averaged (equal weights) with the unpicked patches whose most
-    cosine-similar picked patch it is (ties: the first pick in ``picks``' order).
+                       similarity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k, D)`` features and ``(k,)`` sizes: each picked patch's feature averaged (equal weights) with the
+    unpicked patches whose most cosine-similar picked patch it is (ties: the first pick in ``picks``' order),
+    and how many patches each average holds (itself included).
 
     Args:
         patches: ``(N, D)``; picks: ``(k,)`` distinct indices; similarity: the ``(N, N)`` cosine matrix of
@@ -156,14 +161,15 @@ def merge_into_nearest(patches: torch.Tensor, picks: torch.Tensor,
     owner = near.argmax(dim=1)  # (N,) the pick each patch joins
     owner[picks] = torch.arange(len(picks), device=owner.device)  # a pick is its own cluster's centre
     merged = torch.zeros(len(picks), patches.shape[1], device=patches.device).index_add_(0, owner, patches.float())
-    return (merged / torch.bincount(owner, minlength=len(picks))[:, None]).to(patches.dtype)
+    sizes = torch.bincount(owner, minlength=len(picks))
+    return (merged / sizes[:, None]).to(patches.dtype), sizes
 
 
-def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, beta: float) -> torch.Tensor:
-    """Greedy: the most relevant first, then argmax ``r / max r · d^β`` (``d``: min cosine distance to the kept).
+def relevant_diverse(relevance: torch.Tensor, distance: torch.Tensor, k: int, beta: float) -> torch.Tensor:
+    """Greedy: the most relevant first, then argmax ``r / max r · d^β`` (``d``: min distance to the kept).
 
     Args:
-        relevance: ``(n,)`` non-negative; vectors: ``(n, D)``; k: ``1 <= k``.
+        relevance: ``(n,)`` non-negative; distance: ``(n, n)`` non-negative, e.g. ``1 - cosine``; k: ``1 <= k``.
     Returns:
         ``(min(k, n),)`` sorted indices.
     """
@@ -171,7 +177,6 @@ def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, bet
     if k >= n:
         return torch.arange(n)
     r = relevance.float() / relevance.float().max().clamp_min(1e-12)
-    distance = (1.0 - cosine_matrix(vectors)).clamp_min(0.0)
     picks = [first_argmax(r)]
     nearest = distance[picks[0]].clone()
     for _ in range(k - 1):
@@ -181,6 +186,25 @@ def relevant_diverse(relevance: torch.Tensor, vectors: torch.Tensor, k: int, bet
         picks.append(j)
         nearest = torch.minimum(nearest, distance[j])
     return torch.tensor(sorted(picks), dtype=torch.long)
+
+
+def cosine_distance(x: torch.Tensor) -> torch.Tensor:
+    """``(n, D)`` → ``(n, n)`` ``1 - cos``, clamped at 0 (rounding)."""
+    return (1.0 - cosine_matrix(x)).clamp_min(0.0)
+
+
+def diverse_pool(similarity: torch.Tensor, k: int, salience: float) -> torch.Tensor:
+    """``(k,)`` sorted pool picks of one view: distinctiveness-weighted max–min diversity.
+
+    Each patch's distinctiveness is its mean distance to the view's patches (a patch unlike most of the image
+    is foreground); the greedy takes the most distinctive patch first, then the one maximising
+    ``distinctiveness^salience · (min distance to the pool)``. ``salience=0``: DivPrune's max–min greedy
+    (:func:`vtr.ops.diversity.max_min_diverse`, its own first pick).
+    """
+    if salience <= 0:
+        return max_min_diverse(1.0 - similarity, k).sort().values
+    distance = (1.0 - similarity).clamp_min(0.0)
+    return relevant_diverse(distance.mean(dim=1).pow(salience), distance, k, 1.0)
 
 
 @register_reducer("divrelay")
@@ -221,26 +245,24 @@ class DivRelay(Reducer):
         return counts
 
     def plan(self, visual: VisualTokens) -> list[torch.Tensor | MergedView]:
-        patches = [f[v.n_prefix:] for f, v in zip(visual.features, visual.views)]
-        counts = self.pool_counts(visual)
-        if self.config.pool == "grid":
-            pools = [grid_picks(len(x), k) for x, k in zip(patches, counts)]
-        elif not self.config.merge:
-            return max_min_per_view(patches, counts)
-        else:  # one cosine matrix per view serves the greedy and the merge (max_min_per_view's picks, one view at a time)
-            plans = []
-            for x, k in zip(patches, counts):
-                if k >= len(x):
-                    plans.append(torch.arange(len(x)))
-                    continue
+        config = self.config
+        plans = []
+        for x, k in zip([f[v.n_prefix:] for f, v in zip(visual.features, visual.views)], self.pool_counts(visual)):
+            if k >= len(x):
+                plans.append(torch.arange(len(x)))
+                continue
+            similarity = None  # one cosine matrix per view serves the pool's greedy and the merge
+            if config.pool == "grid":
+                picks = grid_picks(len(x), k)
+            else:
                 similarity = cosine_matrix(x)
-                picks = max_min_diverse(1.0 - similarity, k).sort().values
-                plans.append(MergedView(picks, merge_into_nearest(x, picks, similarity)))
-            return plans
-        if not self.config.merge:
-            return pools
-        return [picks if len(picks) >= len(x) else MergedView(picks, merge_into_nearest(x, picks))
-                for x, picks in zip(patches, pools)]
+                picks = diverse_pool(similarity, k, float(config.salience))
+            if not config.merge:
+                plans.append(picks)
+                continue
+            features, sizes = merge_into_nearest(x, picks, similarity)
+            plans.append(MergedView(picks, features, sizes=sizes if config.proportional else None))
+        return plans
 
     def llm_layers(self, n_layers: int) -> list[int]:
         if self.identity():  # no cut inside the LLM (final=1.0, the default, or keep=1.0): no layer to check
@@ -274,7 +296,7 @@ class DivRelay(Reducer):
                 relevance = last[b, visual]
             else:
                 relevance = torch.ones(len(visual))
-            picks = relevant_diverse(relevance, context.hidden[b, visual], k, float(self.config.diversity))
+            picks = relevant_diverse(relevance, cosine_distance(context.hidden[b, visual]), k, float(self.config.diversity))
             chosen.append(visual[picks])
         return chosen
 
