@@ -94,7 +94,9 @@ def answer_batches(model, processor, batches, progress=None) -> dict:
 def summarise(items, run: dict) -> dict:
     correct = np.asarray(run["correct"], dtype=float)
     out = {"accuracy": float(correct.mean()), "per_type": {}, "visual_tokens_kept": float(np.mean(run["kept"])),
-           "layer_share": float(np.mean(run["layer_share"])), "n": len(items)}
+           "layer_share": float(np.mean(run["layer_share"])), "n": len(items),
+           # per question, in test-set order: lets two rows be compared question by question (paired)
+           "correct": "".join("1" if c else "0" for c in run["correct"])}
     for t in QUESTION_TYPES:
         mask = np.array([it.qtype == t for it in items])
         if mask.any():
@@ -177,6 +179,8 @@ def own_method_claim(results: dict, name: str = "divrelay", keeps=("0.05", "0.1"
     if not ours:
         return []
     parts, holds = [], True
+    n = results["unpruned"]["n"]
+    noise = 2 * (2 * 0.8 * 0.2 / n) ** 0.5  # two standard errors of a difference of two accuracies near 0.8
     for keep in keeps:
         if keep not in ours:
             continue
@@ -185,14 +189,20 @@ def own_method_claim(results: dict, name: str = "divrelay", keeps=("0.05", "0.1"
         mine, theirs = ours[keep], others[best]
         ok = mine["accuracy"] > theirs["accuracy"] and mine["layer_share"] <= theirs["layer_share"]
         holds = holds and ok
+        margin = mine["accuracy"] - theirs["accuracy"]
+        limit, how = noise, "unpaired"
+        if mine.get("correct") and len(mine["correct"]) == len(theirs.get("correct", "")):
+            # same questions: the standard error of the mean per-question difference (McNemar's setting)
+            d = np.array([int(a) - int(b) for a, b in zip(mine["correct"], theirs["correct"])], dtype=float)
+            limit, how = 2 * d.std(ddof=1) / len(d) ** 0.5, "paired"
         parts.append(f"keep {keep}: `{name}` {mine['accuracy']:.3f} at layer share {mine['layer_share']:.2f}, best other "
-                     f"`{best}` {theirs['accuracy']:.3f} at {theirs['layer_share']:.2f}")
+                     f"`{best}` {theirs['accuracy']:.3f} at {theirs['layer_share']:.2f} ({margin:+.3f}; two {how} "
+                     f"standard errors {limit:.3f}: {'beyond' if abs(margin) > limit else 'within'} noise)")
     verdict = "holds" if holds else "does **not** hold"
-    n = results["unpruned"]["n"]
-    noise = 2 * (2 * 0.8 * 0.2 / n) ** 0.5  # two standard errors of a difference of two accuracies near 0.8
     return ["", f"vtr's own `{name}` against the best other reducer of this table: {'; '.join(parts)}. The claim "
             f"(more accurate than every other reducer, at a layer share no higher than the best one's) {verdict} here; "
-            f"with {n} questions, accuracy differences below about {noise:.3f} (two standard errors) are within noise."]
+            f"with {n} questions, unpaired accuracy differences below about {noise:.3f} (two standard errors) are within noise; "
+            "rows measured on the same questions are also compared question by question (paired)."]
 
 
 def markdown(results: dict, majority: dict, info: dict, png: str = "accuracy.png", title: str = "") -> str:

@@ -64,7 +64,7 @@ def test_identity_with_beams_and_sampling(family_model, reducer):
             assert torch.equal(out, reference), mode
 
 
-@pytest.mark.parametrize("reducer", ["fastervlm", *IN_LLM])
+@pytest.mark.parametrize("reducer", ["fastervlm", "divrelay", *IN_LLM])  # divrelay: proportional attention
 def test_beams_batch_equals_single(family_model, reducer):
     family, model, processor = family_model
     inputs = example_inputs(processor, family, "image", batch=2, seed=4)
@@ -124,7 +124,7 @@ def dict_greedy(model, inputs, n, **kwargs):
 
 
 @pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1}),
-                                                ("atp", {})])
+                                                ("atp", {}), ("divrelay", {"keep": 0.1})])
 def test_continuing_equals_one_longer_generate(family_model, reducer, settings):
     """Three tokens, then three more from the returned cache == six tokens in one call (nothing new added)."""
     family, model, processor = family_model
@@ -138,7 +138,8 @@ def test_continuing_equals_one_longer_generate(family_model, reducer, settings):
     torch.testing.assert_close(torch.stack(second.logits, 1), torch.stack(full.logits, 1)[:, 3:], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 1.0, "layer": 1})])
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 1.0, "layer": 1}),
+                                                ("divrelay", {"keep": 0.1})])
 def test_new_text_turn_equals_one_longer_generate(family_model, reducer, settings):
     """A new text turn on the returned cache == one generate over the whole conversation (a reducer whose
     selection does not read the question, or keep=1.0)."""
@@ -154,13 +155,14 @@ def test_new_text_turn_equals_one_longer_generate(family_model, reducer, setting
     torch.testing.assert_close(torch.stack(second.logits, 1), torch.stack(whole.logits, 1), rtol=0, atol=1e-5)
 
 
-def test_new_image_turn_equals_one_generate_over_both_images(family_model):
+@pytest.mark.parametrize("reducer", ["fastervlm", "divrelay"])
+def test_new_image_turn_equals_one_generate_over_both_images(family_model, reducer):
     """The new turn brings its own image (its pixels only): reduced like a first turn, positions after the
-    cached ones; equals one generate over both images."""
+    cached ones; equals one generate over both images (divrelay: both images' size biases in place)."""
     family, model, processor = family_model
     inputs = example_inputs(processor, family, "image", batch=1, seed=0)
     other = example_inputs(processor, family, "image", batch=1, seed=3)
-    with vtr.patched(model, "fastervlm", keep=0.5):
+    with vtr.patched(model, reducer, keep=0.5):
         first = dict_greedy(model, inputs, 3)
         turn = next_turn(inputs, first.sequences, other["input_ids"])
         if "mm_token_type_ids" in other:

@@ -1,10 +1,12 @@
-"""divrelay (vtr's own method): a diverse pool of the budget's size, each pooled token carrying the mean
-of the patches most like it; optionally a larger pool relayed through the LLM's first layers, then cut.
+"""divrelay (vtr's own method): a salient, diverse pool of the budget's size, each pooled token carrying the
+mean of the patches most like it and drawing their attention mass (proportional attention); optionally a
+larger pool relayed through the LLM's first layers, then cut.
 
 Not a published method: designed in this project (issue 17), tuned only on ``vtr.shapes.calibration_set``
 (2,000 calibration questions, ``calibration_set(400)``) and measured on the held-out ``vtr.shapes.test_set``
-(``BENCHMARKS.md``: the accuracy table and the ``divrelay_ablation`` section). No deviations to list: there
-is no reference implementation.
+(``BENCHMARKS.md``: the accuracy table, the ``divrelay_ablation`` section and its salience sweep). No
+deviations to list: there is no reference implementation. Proportional attention is the idea of ToMe
+(Bolya et al., ICLR 2023, §3: ``softmax(q·k/√d + log s)``), used there inside a ViT; here inside the LLM.
 
 **What ``keep`` counts**: the *total* budget, as for ``aim`` and ``atp``: the mean over the ``L`` decoder
 layers of the visual tokens each processes (``stats.layer_share``), as a share of the row's patches. A row
@@ -27,37 +29,48 @@ share stays below ``k / N``. ``keep=1.0`` pools every patch, merges nothing and 
 
 Steps (per view, before the LLM; per batch row, inside it):
 
-1. **Pool**: the view's share of ``P`` patches by greedy max–min diversity of the projected features
-   (:func:`vtr.ops.diversity.max_min_diverse`, DivPrune's rule; ``pool="grid"``: evenly spaced, an ablation).
+1. **Pool** (:func:`diverse_pool`): the view's share of ``P`` patches. Each patch's *distinctiveness* is its
+   mean cosine distance to the view's patches (a patch unlike most of the image belongs to an object, not
+   to the background); the greedy takes the most distinctive patch, then each time the patch maximising
+   ``distinctiveness^salience · (its smallest cosine distance to the pool)``. ``salience=0``: DivPrune's
+   plain max–min greedy (:func:`vtr.ops.diversity.max_min_diverse`); ``pool="grid"``: evenly spaced (an ablation).
 2. **Merge** (``merge=True``): every patch left out joins its most cosine-similar pooled patch (ties: the
    lowest-index one) and each pooled token's feature becomes the plain mean of itself and its joiners; the
    token keeps its own slot and position (:func:`merge_into_nearest`).
-3. Only with ``final < 1``: **relay** through decoder layers ``0 .. K-1``, then **keep diverse** before
+3. **Proportional attention** (``proportional=True``, with the merge): a pooled token holding ``s`` patches
+   gets ``log s`` added to its attention logit as a key, for every query of every decoder layer, in the
+   prefill and every decode step (:mod:`vtr.engine.proportional`), so it draws the attention ``s`` such
+   patches would. It needs ``sdpa`` or ``eager`` attention (a flash-attention model is refused: it takes no
+   additive mask).
+4. Only with ``final < 1``: **relay** through decoder layers ``0 .. K-1``, then **keep diverse** before
    layer ``K``: greedily keep ``F`` of the pooled tokens, each step the token maximising
    ``r_i / max r · d_i^β``, ``d_i`` its smallest cosine distance to the kept ones on the hidden states
    entering layer ``K`` (β = ``diversity``; the first pick is the most relevant). ``relevance`` sets ``r``:
    ``"none"`` (``r = 1``), ``"instruction"`` (the attention each token receives from the text after the
-   image at layer ``K - 1``, recomputed from its q/k) or ``"last"`` (the last token's row, FastV's). An
-   int ``keep`` of at least ``P`` skips the cut (its budget allows it).
+   image at layer ``K - 1``, recomputed from its q/k, without the size bias) or ``"last"`` (the last
+   token's row, FastV's). An int ``keep`` of at least ``P`` skips the cut (its budget allows it).
 
-**Why it works.** At 5–10 % two things decide what survives. *Coverage*: rules that look only at
+**Why it works.** At 5–10 % three things decide what survives. *Coverage*: rules that look only at
 importance keep near-duplicates of one salient region and lose whole objects; max–min diversity spreads
-the pool over every distinct region (DivPrune beats [CLS] attention here). *Nothing is thrown away
-unread*: a pruned patch's content is lost to every layer, while merging folds it into the pooled token
-most like it, so the token standing for a region carries the mean of all of that region's patches (what
-"how many" and "is there" questions need) at no extra token, hence no layer cost. A relay (a larger pool
-read by the first layers, then cut) was the first design: at a *fixed* budget the pool can only be a few
-tokens larger than ``k`` (the later layers need their tokens: cutting to a handful loses most questions),
-and on the calibration set it added nothing (keep 0.1: +0.002 ± 0.005; keep 0.05: -0.013 ± 0.006, paired),
-so it is off by default (``final=1.0``); the ablation (``benchmarks/divrelay_ablation.py``, every variant at
-the same budget) shows each part.
+the pool over every distinct region (DivPrune beats [CLS] attention here), and weighting it by
+distinctiveness spends fewer picks on background clutter, which is diverse too but rarely asked about.
+*Nothing is thrown away unread*: a pruned patch's content is lost to every layer, while merging folds it
+into the pooled token most like it. *Mass*: the LLM reads "how many" and "is there" from how much
+attention a kind of patch draws; after a plain merge a token standing for nine patches draws as much as
+one, so the counts the model learned on full images are off; the ``log s`` bias restores each cluster's
+share of the softmax exactly (for identical patches) at no token and no layer cost. A relay (a larger
+pool read by the first layers, then cut) was the first design: at a *fixed* budget the pool can only be
+a few tokens larger than ``k``, and on the calibration set it added nothing, so it is off by default
+(``final=1.0``). The ablation (``benchmarks/divrelay_ablation.py``, every variant at the same budget)
+shows each part.
 
-Scoring cost (defaults): DivPrune's (one ``N × N`` cosine matrix and a ``k``-step max–min greedy) plus, for
-the merge, a gather of that matrix's ``N × k`` columns, an argmax and a scatter-mean: on the tiny LLaVA
-(144 patches of width 128, one CPU thread) about 0.7–1.0 ms per image against DivPrune's 0.65–0.9 ms, so
-a little higher (next to the model's ~13 ms per question there). With the relay: a ``P``-pick
-greedy, the merge, one ``P × P`` cosine matrix of the pool's hidden states and an ``F``-step greedy (plus,
-with ``relevance="instruction"``, the instruction's attention rows of one layer).
+Scoring cost (defaults): DivPrune's (one ``N × N`` cosine matrix and a ``k``-step greedy, here with the
+row means of that matrix as weights) plus, for the merge, a gather of that matrix's ``N × k`` columns, an
+argmax and a scatter-mean; proportional attention adds the placement of the sizes and, in each decoder
+step, one additive ``(B, 1, q, kv)`` mask (the model's own mask when it has one, built once per step
+and shared by the layers). With the relay: a ``P``-pick greedy, the merge, one ``P × P`` cosine matrix of
+the pool's hidden states and an ``F``-step greedy (plus, with ``relevance="instruction"``, the
+instruction's attention rows of one layer). Measured in ``BENCHMARKS.md`` (scoring overhead section).
 """
 from __future__ import annotations
 
@@ -88,7 +101,10 @@ class DivRelayConfig(ReducerConfig):
     ``layer``: K, the first decoder layer on the kept tokens (>= 1).
     ``diversity``: β, the exponent of the distance term (0 = relevance top-k).
     ``relevance``: ``"none"`` (diversity only), ``"instruction"`` (mean attention from the text after the
-    image) or ``"last"`` (the last token's row)."""
+    image) or ``"last"`` (the last token's row).
+    ``salience``: the exponent of each patch's distinctiveness (mean cosine distance to the view) weighing
+    the pool's max–min greedy (0 = DivPrune's plain greedy).
+    ``proportional``: merged tokens add ``log size`` to their attention logits (needs sdpa/eager attention)."""
 
     keep: float | int = 0.1
     pool: str = "diverse"
@@ -209,8 +225,11 @@ def diverse_pool(similarity: torch.Tensor, k: int, salience: float) -> torch.Ten
 
 @register_reducer("divrelay")
 class DivRelay(Reducer):
-    """vtr's method: a max-min diverse pool of the budget, each left-out patch averaged into its most similar
-    pooled token (optionally relayed through the first LLM layers, then cut); keep = the total budget."""
+    """vtr's method: a salient diverse pool of the budget, left-out patches merged in, attention by cluster size.
+
+    Each left-out patch is averaged into its most similar pooled token, which then draws the attention mass
+    of its cluster (proportional attention); optionally relayed through the first LLM layers, then cut;
+    ``keep`` is the total budget."""
 
     config_class = DivRelayConfig
 
