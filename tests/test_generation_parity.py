@@ -81,15 +81,20 @@ def test_beams_batch_equals_single(family_model, reducer):
             assert torch.equal(out[2 * b:2 * b + 2, :width], inputs["input_ids"][b:b + 1].expand(2, -1))
 
 
-@pytest.mark.parametrize("reducer", sorted(IN_LLM))
+#: reducers whose decode steps run vtr hooks: in-LLM pruning, and divrelay's proportional attention
+HOOKED = {**IN_LLM, "divrelay": {"keep": 0.1}}
+
+
+@pytest.mark.parametrize("reducer", sorted(HOOKED))
 def test_in_llm_modes_equal_cached_greedy(family_model, reducer):
     """No cache, a static cache and assisted decoding (prompt lookup, an assistant model) give the cached
-    greedy result: the selection is made once, on the prompt, and decoding attends to what was kept."""
+    greedy result: the selection is made once, on the prompt, and decoding attends to what was kept (with
+    divrelay, with each merged token's size bias on the static buffer's columns too)."""
     family, model, processor = family_model
     inputs = example_inputs(processor, family, "image", batch=2, seed=5)
     single = example_inputs(processor, family, "image", batch=1, seed=5)  # assisted decoding takes batch 1
     assistant, _ = tiny_model(family, seed=1)
-    with vtr.patched(model, reducer, **IN_LLM[reducer]):
+    with vtr.patched(model, reducer, **HOOKED[reducer]):
         seq, logits = greedy(model, inputs)
         assert model.vtr.stats.visual_tokens_out < model.vtr.stats.visual_tokens_in
         for mode in (dict(use_cache=False), dict(cache_implementation="static")):
@@ -97,7 +102,8 @@ def test_in_llm_modes_equal_cached_greedy(family_model, reducer):
             assert torch.equal(seq2, seq), mode
             torch.testing.assert_close(logits2, logits, rtol=0, atol=1e-5)
         seq1, logits1 = greedy(model, single)
-        for mode in (dict(prompt_lookup_num_tokens=2), dict(assistant_model=assistant)):
+        # batch 1 has no padding: the model passes no mask, and a static buffer is wider than the prompt
+        for mode in (dict(cache_implementation="static"), dict(prompt_lookup_num_tokens=2), dict(assistant_model=assistant)):
             seq2, logits2 = greedy(model, single, **mode)
             assert torch.equal(seq2, seq1), list(mode)
             torch.testing.assert_close(logits2, logits1, rtol=0, atol=1e-5)
@@ -434,11 +440,13 @@ def test_streamer_sees_the_callers_prompt_then_the_new_tokens(family_model, redu
     assert "".join(printed) == processor.tokenizer.decode(sequences[0])
 
 
-@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1})])
+@pytest.mark.parametrize("reducer, settings", [("fastervlm", {"keep": 0.5}), ("fastv", {"keep": 0.5, "layer": 1}),
+                                                ("divrelay", {"keep": 0.1})])
 def test_generate_with_automatic_compilation(llava, reducer, settings):
     """A compileable (static) cache with a compile_config (forced on CPU, dynamo's eager backend) gives the
-    plain greedy result. Pre-LLM reducers: the decode steps run compiled. In-LLM reducers: their per-layer
-    pruning hooks run in every decode step and cannot be traced, so generate's automatic compilation is off."""
+    plain greedy result. Pre-LLM reducers: the decode steps run compiled. In-LLM reducers and proportional
+    attention: their per-layer hooks run in every decode step and cannot be traced, so generate's automatic
+    compilation is off."""
     from transformers import CompileConfig
 
     model, processor = llava
@@ -454,7 +462,7 @@ def test_generate_with_automatic_compilation(llava, reducer, settings):
     model.__dict__.pop("_compiled_call", None)
 
 
-@pytest.mark.parametrize("reducer", ["fastervlm", *IN_LLM])
+@pytest.mark.parametrize("reducer", ["fastervlm", "divrelay", *IN_LLM])
 def test_a_model_as_its_own_assistant(family_model, reducer):
     """``assistant_model=model`` (transformers' own assisted-decoding test does this): the assistant's nested
     generate runs with its own reduction while the outer call's in-LLM hooks are lifted, then the outer call goes

@@ -187,9 +187,10 @@ class VTRHandle:
         try:
             with attention_stage(self.adapter, key_bias) as attention, stage as engine:
                 self._local.engine, self._local.attention = engine, attention
-                if engine is not None:
-                    # the per-layer pruning hooks of an in-LLM stage run in every decode step and cannot be traced:
-                    # generate's automatic compilation (compileable cache + compile_config) is turned off for them
+                if engine is not None or attention is not None:
+                    # per-layer hooks (an in-LLM stage's pruning, proportional attention's mask bias) run in every
+                    # decode step and cannot be traced: generate's automatic compilation (compileable cache +
+                    # compile_config) is turned off for them
                     reduced = {**reduced, "disable_compile": True}
                 output = original_generate(**as_called(reduced, call))
         finally:

@@ -77,6 +77,18 @@ def st_key_ok(state: _Prefill, keys: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, state.key_ok.gather(1, keys.clamp(max=state.n - 1)), torch.ones_like(inside))
 
 
+def attended_width(cache, index: int, queries: int, prefill: bool, default: int) -> int:
+    """Key slots decoder layer ``index`` attends to in this step: ``default`` without a (new-style) cache;
+    a static layer's whole buffer at its first prefill; else what the cache layer says for ``queries``."""
+    layers = getattr(cache, "layers", None) if cache is not None else None
+    layer = layers[index] if layers is not None and index < len(layers) else None
+    if layer is None:  # no cache (or a legacy one): the keys are this step's entries plus what was cached
+        return default
+    if prefill and not getattr(layer, "is_initialized", True):
+        return int(getattr(layer, "max_cache_len", default))  # a static layer attends to its whole buffer
+    return int(layer.get_mask_sizes(queries)[0])
+
+
 class DecoderPruning:
     """Context manager that prunes visual tokens inside the LLM for one call (see module doc)."""
 
@@ -268,14 +280,7 @@ class DecoderPruning:
         Returns ``keys (B, K)`` and ``key_valid (B, K)``.
         """
         st, m = self.state, cols.shape[1]
-        layers = getattr(cache, "layers", None) if cache is not None else None
-        layer = layers[i] if layers is not None and i < len(layers) else None
-        if layer is None:  # no cache (or a legacy one): the keys are this step's entries plus what was cached
-            width = m if self.prefill else m + q
-        elif self.prefill and not getattr(layer, "is_initialized", True):
-            width = int(getattr(layer, "max_cache_len", m))  # a static layer attends to its whole buffer
-        else:
-            width = int(layer.get_mask_sizes(q)[0])
+        width = attended_width(cache, i, q, self.prefill, m if self.prefill else m + q)
         m = m - (st.n - st.prompt)
         if width <= m:
             return cols[:, :width], valid[:, :width]

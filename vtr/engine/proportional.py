@@ -18,6 +18,7 @@ import contextlib
 
 import torch
 
+from vtr.engine.decoder_pruning import attended_width
 from vtr.engine.splice import segment_columns
 
 #: attention implementations that take an additive float mask (the bias rides on it)
@@ -142,7 +143,7 @@ class ProportionalAttention:
         self.bias = key_bias  # (B0, L)
         self._handles: list = []
         self._step: tuple[int, int, int] = (0, 0, 0)  # this step's batch, queries and cached entries
-        self._biased: dict[int | None, torch.Tensor] = {}  # id of the model's mask (None: none) -> biased mask
+        self._biased: dict[tuple, torch.Tensor] = {}  # (id of the model's mask or None, key slots) -> biased mask
 
     def __enter__(self) -> "ProportionalAttention":
         self._handles.append(self.text_model.register_forward_pre_hook(self._on_step, with_kwargs=True, prepend=True))
@@ -169,16 +170,18 @@ class ProportionalAttention:
 
     def _on_layer(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
-        key = None if mask is None else id(mask)
+        batch, queries, past = self._step
+        if isinstance(mask, torch.Tensor):
+            if mask.ndim != 4:
+                raise RuntimeError(f"proportional attention needs a 4-D attention mask, got {tuple(mask.shape)}")
+            queries, keys = mask.shape[-2:]
+        else:  # no mask (causal, nothing masked): the keys are the slots the layer's cache will attend to
+            index = getattr(getattr(module, "self_attn", None), "layer_idx", None)
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            keys = past + queries if index is None else attended_width(cache, index, queries, past == 0, past + queries)
+        key = (None if mask is None else id(mask), keys)
         if key not in self._biased:
             hidden = args[0] if args else kwargs["hidden_states"]
-            batch, queries, past = self._step
-            if isinstance(mask, torch.Tensor):
-                if mask.ndim != 4:
-                    raise RuntimeError(f"proportional attention needs a 4-D attention mask, got {tuple(mask.shape)}")
-                queries, keys = mask.shape[-2:]
-            else:
-                keys = past + queries
             self._biased[key] = biased_mask(mask, self.bias, batch, queries, keys, past, hidden.dtype)
         kwargs["attention_mask"] = self._biased[key]
         return args, kwargs
