@@ -8,6 +8,9 @@ indices known in advance (vision tower + projector, gather, shrunk prompt, LLM).
 does not depend on which tokens are kept, only on how many, so (patched)/(oracle) is what the
 reducer's scoring and vtr's splicing cost on top of a perfect zero-overhead selection. Merging
 reducers (``pool``, ``aim`` merge stage) are compared with an oracle that gathers the same count.
+On LLaVA-1.5 the same rounds also time vtr's own ``divrelay`` against the most accurate other reducer
+at each budget of its claim (keep 0.05 and 0.1, read from the accuracy benchmark's results), with each
+one's selection time and layer share: the claim's cost side, measured side by side.
 Figures go to BENCHMARKS.md (section ``overhead``) and ``benchmarks/results/overhead.json``.
 """
 from __future__ import annotations
@@ -87,6 +90,56 @@ def patched_stats(setup: Setup, name: str, settings: dict, keep: float):
         return setup.model.vtr.stats
 
 
+#: vtr's own reducer and the budgets its claim is made at (BENCHMARKS.md, accuracy section)
+OWN, CLAIM_KEEPS = "divrelay", ("0.05", "0.1")
+ACCURACY_JSON = "benchmarks/results/accuracy.json"
+
+
+def claim_rivals(path: str = ACCURACY_JSON) -> dict[str, str]:
+    """Per claim budget, the most accurate other reducer of the accuracy benchmark's results (read, not typed)."""
+    import json
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return {}
+    reducers = json.loads(Path(path).read_text())["reducers"]
+    rivals = {}
+    for keep in CLAIM_KEEPS:
+        others = {n: rows[keep]["accuracy"] for n, rows in reducers.items() if n != OWN and keep in rows}
+        if others:
+            rivals[keep] = max(others, key=others.get)
+    return rivals
+
+
+def selection_ms(model, inputs, name: str, keep: float, repeats: int) -> float:
+    """Least ``stats.seconds["select"]`` (the pre-LLM scoring: plan, merge, placement) of ``repeats`` calls,
+    in ms; 0 for reducers without a pre-LLM stage (their scoring runs inside the timed prefill)."""
+    best = float("inf")
+    with vtr.patched(model, name, keep=keep), torch.no_grad():
+        for _ in range(max(repeats, 1)):
+            model(**inputs, logits_to_keep=1)
+            best = min(best, model.vtr.stats.seconds.get("select", 0.0))
+    return 1000 * best
+
+
+def claim_markdown(claim: list[dict], source: str = ACCURACY_JSON) -> list[str]:
+    if not claim:
+        return []
+    rows = [[r["keep"], f"`{r['own']}`", f"`{r['rival']}`", f"{r['own_min_s']:.3f}", f"{r['rival_min_s']:.3f}",
+             ratio_cell(r["ratio"]), f"{r['own_select_ms']:.2f}", f"{r['rival_select_ms']:.2f}",
+             f"{r['own_layer_share']:.3f}", f"{r['rival_layer_share']:.3f}"] for r in claim]
+    return [
+        f"vtr's own `{OWN}` against the most accurate other reducer at each claim budget (read from "
+        f"`{source}`), timed in the same interleaved rounds: prefill min s, the ratio own / rival "
+        "(below 1: cheaper), the pre-LLM selection time (`stats.seconds[\"select\"]`, least of the rounds; an "
+        "in-LLM reducer scores inside its prefill) and the layer share on this model.",
+        "",
+        markdown_table(["keep", "own", "rival", "own min s", "rival min s", "own / rival", "own select ms",
+                        "rival select ms", "own layers", "rival layers"], rows),
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None, log=print) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny model, 1 round (smoke test)")
@@ -99,6 +152,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--md", default="BENCHMARKS.md")
     p.add_argument("--json", default=None, help="default benchmarks/results/<section>.json")
+    p.add_argument("--accuracy-json", default=ACCURACY_JSON, help="where the claim's rivals are read from")
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.repeats, args.max_foreign = 0, 1, float("inf")
@@ -122,6 +176,20 @@ def main(argv: list[str] | None = None, log=print) -> dict:
                 calls.append(Call(oracles[k], oracle))
             calls.append(Call(label, lambda: model(**inputs, logits_to_keep=1),
                               lambda case=case: vtr.patched(model, case["name"], keep=args.keep, **case["settings"])))
+        claim, claim_skipped = [], {}
+        for keep, rival in (claim_rivals(args.accuracy_json).items() if args.model == "llava" else ()):
+            try:  # e.g. the quick model's 2-layer LLM has no layer 2 for an in-LLM rival
+                own_stats, rival_stats = (patched_stats(setup, n, {}, float(keep)) for n in (OWN, rival))
+            except ValueError as exc:
+                claim_skipped[keep] = f"{rival}: {exc}"
+                continue
+            claim.append(dict(keep=keep, own=OWN, rival=rival,
+                              own_select_ms=selection_ms(model, inputs, OWN, float(keep), args.repeats),
+                              rival_select_ms=selection_ms(model, inputs, rival, float(keep), args.repeats),
+                              own_layer_share=own_stats.layer_share[0], rival_layer_share=rival_stats.layer_share[0]))
+            for name in (OWN, rival):
+                calls.append(Call(f"{name}@{keep}", lambda: model(**inputs, logits_to_keep=1),
+                                  lambda name=name, keep=keep: vtr.patched(model, name, keep=float(keep))))
         timing = time_rounds(calls, args.warmup, args.repeats, args.max_foreign, args.max_seconds, log=log)
     summary = RoundSummary([c.label for c in calls], timing, args.max_foreign)
     info = machine_info(dtype="float32", attention="sdpa", threads=args.threads)
@@ -143,6 +211,10 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     base = summary.row("unpatched")
     rows.append(["unpatched", "all", f"{base['min_s']:.3f}", f"{base['median_s']:.3f}",
                  base["n_clean"], "—", "1.00×", "1.000"])
+    for record in claim:
+        own, rival = f"{OWN}@{record['keep']}", f"{record['rival']}@{record['keep']}"
+        record.update(own_min_s=summary.row(own)["min_s"], rival_min_s=summary.row(rival)["min_s"],
+                      ratio=summary.ratio(own, rival))
     dropped, total = summary.dropped()
     md = "\n".join([
         f"## Scoring overhead of the pre-LLM reducers on {args.model} (`python -m benchmarks.overhead --model {args.model}`)",
@@ -159,13 +231,14 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         ("`globalcom2` runs on LLaVA-NeXT only (its own table); `quota` needs video input."
          if args.model == "llava" else "`random` and `aim` are in the LLaVA-1.5 table."),
         "",
+        *claim_markdown(claim, args.accuracy_json),
         machine_line(info),
     ])
     if timing["budget_hit"]:
         md += "\n\n**Not enough quiet time: some rows have fewer clean samples than asked; treat them as rough.**"
     replace_section(args.md, setup.section, md)
     result = dict(machine=info, keep=args.keep, rows=records, oracles={str(k): summary.row(v) for k, v in oracles.items()},
-                  unpatched=base, quick=args.quick)
+                  unpatched=base, quick=args.quick, claim=claim, claim_skipped=claim_skipped)
     write_json(args.json, result)
     log(md)
     return result
