@@ -79,7 +79,7 @@ from dataclasses import dataclass
 import torch
 
 from vtr.config import ReducerConfig, check_bool, check_choice, check_float, check_int, check_layer
-from vtr.ops.diversity import cosine_matrix, first_argmax, max_min_diverse
+from vtr.ops.diversity import cosine_matrix, max_min_diverse
 from vtr.ops.selection import keep_count
 from vtr.probes.decoder import LayerAttention
 from vtr.reducers.base import MergedView, Reducer
@@ -193,13 +193,15 @@ def relevant_diverse(relevance: torch.Tensor, distance: torch.Tensor, k: int, be
     if k >= n:
         return torch.arange(n)
     r = relevance.float() / relevance.float().max().clamp_min(1e-12)
-    picks = [first_argmax(r)]
+    picks = [int(r.argmax())]  # argmax: the first index among ties
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[picks[0]] = True
     nearest = distance[picks[0]].clone()
     for _ in range(k - 1):
-        gain = r * nearest.pow(beta) if beta > 0 else r.clone()
-        gain[picks] = -float("inf")
-        j = first_argmax(gain)
+        gain = r * (nearest if beta == 1 else nearest.pow(beta)) if beta > 0 else r.clone()
+        j = int(gain.masked_fill_(taken, -float("inf")).argmax())
         picks.append(j)
+        taken[j] = True
         nearest = torch.minimum(nearest, distance[j])
     return torch.tensor(sorted(picks), dtype=torch.long)
 
