@@ -17,33 +17,35 @@ from vtr.engine.proportional import biased_mask
 from vtr.testing import example_inputs
 
 
-def reference_mask(mask, bias, batch, queries, keys, past):
+def reference_mask(mask, bias, batch, queries, keys, past, offset=0):
     low = torch.finfo(torch.float32).min
     out = torch.empty(batch, 1, queries, keys)
     group = batch // bias.shape[0]
     for b in range(batch):
         for q in range(queries):
             for k in range(keys):
+                column = offset + k  # the sequence entry key slot k holds
                 if mask is None:
-                    base = 0.0 if k <= past + q else low
+                    base = 0.0 if column <= past + q else low
                 elif mask.dtype == torch.bool:
                     base = 0.0 if mask[b % mask.shape[0], 0, q, k] else low
                 else:
                     base = float(mask[b % mask.shape[0], 0, q, k])
-                out[b, 0, q, k] = base + (float(bias[b // group, k]) if k < bias.shape[1] else 0.0)
+                out[b, 0, q, k] = base + (float(bias[b // group, column]) if column < bias.shape[1] else 0.0)
     return out
 
 
+@pytest.mark.parametrize("offset", [0, 3])
 @pytest.mark.parametrize("kind", ["none", "bool", "float"])
-def test_biased_mask_matches_reference(kind):
+def test_biased_mask_matches_reference(kind, offset):
     g = torch.Generator().manual_seed(0)
     batch, queries, keys, past = 4, 3, 7, 2
     bias = torch.rand(2, 5, generator=g)  # 2 planned rows, expanded to 4 (beams); keys past 5 get none
     allowed = torch.rand(1, 1, queries, keys, generator=g) > 0.3
     mask = {"none": None, "bool": allowed,
             "float": torch.zeros(1, 1, queries, keys).masked_fill(~allowed, torch.finfo(torch.float32).min)}[kind]
-    got = biased_mask(mask, bias, batch, queries, keys, past, torch.float32)
-    torch.testing.assert_close(got, reference_mask(mask, bias, batch, queries, keys, past), rtol=0, atol=1e-6)
+    got = biased_mask(mask, bias, batch, queries, keys, past, torch.float32, offset)
+    torch.testing.assert_close(got, reference_mask(mask, bias, batch, queries, keys, past, offset), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -203,3 +205,29 @@ def test_each_bias_sits_on_its_own_token(known_sizes_reducer, family, kind):
     for b, c in biased:
         candidates = expected[tuple(embeds[b, c].tolist())]
         assert any(abs(float(bias[b, c]) - e) < 1e-6 for e in candidates)
+
+
+def test_a_rolled_sliding_window_keeps_each_slot_s_bias():
+    """Gemma 3 with a 32-token window over a 37-token reduced prompt: once the window's cache has rolled, slot
+    ``s`` holds column ``offset + s`` and gets that column's bias (the merged image tokens are still inside the
+    window for the first decode steps); cached greedy logits == the patched no-cache forward (the model's own
+    sliding masks over the whole sequence) at every step."""
+    from vtr.testing import tiny_model
+
+    model, processor = tiny_model("gemma3", text={"sliding_window": 32})
+    inputs = example_inputs(processor, "gemma3", "image", batch=1, seed=3)
+    with vtr.patched(model, "divrelay", keep=0.25), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, suppress_tokens=special_ids(model),
+                             return_dict_in_generate=True, output_logits=True)
+        biased = (model.vtr.stats.key_bias[0] != 0).nonzero().squeeze(1)
+        n = len(model.vtr.stats.kept_columns[0])
+        assert n > 32 and int(biased.max()) > n - 32  # longer than the window, a biased column still inside it
+        width = inputs["input_ids"].shape[1]
+        for step in range(8):
+            call = {**inputs, "input_ids": out.sequences[:, :width + step],
+                    "attention_mask": torch.nn.functional.pad(inputs["attention_mask"], (0, step), value=1)}
+            for key in ("token_type_ids", "mm_token_type_ids"):
+                if key in inputs:
+                    call[key] = torch.nn.functional.pad(inputs[key], (0, step))
+            logits = model(**call, use_cache=False).logits[:, -1]
+            torch.testing.assert_close(out.logits[step], logits, rtol=0, atol=1e-4)

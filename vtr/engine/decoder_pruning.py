@@ -77,16 +77,20 @@ def st_key_ok(state: _Prefill, keys: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, state.key_ok.gather(1, keys.clamp(max=state.n - 1)), torch.ones_like(inside))
 
 
-def attended_width(cache, index: int, queries: int, prefill: bool, default: int) -> int:
-    """Key slots decoder layer ``index`` attends to in this step: ``default`` without a (new-style) cache;
-    a static layer's whole buffer at its first prefill; else what the cache layer says for ``queries``."""
+def attended_span(cache, index: int, queries: int, prefill: bool, default: int) -> tuple[int, int]:
+    """``(width, offset)``: decoder layer ``index`` attends to ``width`` key slots in this step, slot ``s``
+    holding sequence entry ``offset + s`` (``offset > 0`` once a sliding-window layer has rolled).
+
+    ``default`` slots from 0 without a (new-style) cache; a static layer's whole buffer at its first
+    prefill; else what the cache layer says for ``queries`` (as the model sizes its own mask)."""
     layers = getattr(cache, "layers", None) if cache is not None else None
     layer = layers[index] if layers is not None and index < len(layers) else None
     if layer is None:  # no cache (or a legacy one): the keys are this step's entries plus what was cached
-        return default
+        return default, 0
     if prefill and not getattr(layer, "is_initialized", True):
-        return int(getattr(layer, "max_cache_len", default))  # a static layer attends to its whole buffer
-    return int(layer.get_mask_sizes(queries)[0])
+        return int(getattr(layer, "max_cache_len", default)), 0  # a static layer attends to its whole buffer
+    width, offset = layer.get_mask_sizes(queries)
+    return int(width), int(offset)
 
 
 class DecoderPruning:
@@ -280,7 +284,7 @@ class DecoderPruning:
         Returns ``keys (B, K)`` and ``key_valid (B, K)``.
         """
         st, m = self.state, cols.shape[1]
-        width = attended_width(cache, i, q, self.prefill, m if self.prefill else m + q)
+        width = attended_span(cache, i, q, self.prefill, m if self.prefill else m + q)[0]
         m = m - (st.n - st.prompt)
         if width <= m:
             return cols[:, :width], valid[:, :width]

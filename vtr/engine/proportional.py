@@ -18,7 +18,7 @@ import contextlib
 
 import torch
 
-from vtr.engine.decoder_pruning import attended_width
+from vtr.engine.decoder_pruning import attended_span
 from vtr.engine.splice import segment_columns
 
 #: attention implementations that take an additive float mask (the bias rides on it)
@@ -101,7 +101,7 @@ def check_implementation(adapter) -> None:
 
 
 def biased_mask(mask, bias: torch.Tensor, batch: int, queries: int, keys: int, past: int,
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
     """The layer's attention mask as an additive float mask ``(batch, 1, queries, keys)`` plus the key bias.
 
     Args:
@@ -111,18 +111,19 @@ def biased_mask(mask, bias: torch.Tensor, batch: int, queries: int, keys: int, p
             (beams, ``num_return_sequences``); key slots past ``L`` (generated tokens, an empty static
             buffer) get none.
         past: cached entries before this step's queries (placing the causal rule when ``mask`` is None).
+        offset: key slot ``s`` holds sequence entry ``offset + s`` (a rolled sliding-window cache).
     """
     if mask is None:
         rows = torch.arange(past, past + queries)[:, None]
-        allowed = torch.arange(keys)[None, :] <= rows
+        allowed = torch.arange(offset, offset + keys)[None, :] <= rows
         mask = allowed[None, None].expand(batch, 1, -1, -1)
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     if bias.shape[0] != batch:
         bias = bias.repeat_interleave(batch // bias.shape[0], dim=0)
-    width = min(keys, bias.shape[1])
+    width = max(0, min(keys, bias.shape[1] - offset))
     full = torch.zeros(batch, keys, dtype=dtype, device=mask.device)
-    full[:, :width] = bias[:, :width].to(device=mask.device, dtype=dtype)
+    full[:, :width] = bias[:, offset:offset + width].to(device=mask.device, dtype=dtype)
     return mask.expand(batch, -1, -1, -1) + full[:, None, None, :]
 
 
@@ -171,17 +172,18 @@ class ProportionalAttention:
     def _on_layer(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
         batch, queries, past = self._step
+        index = getattr(getattr(module, "self_attn", None), "layer_idx", None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        # the slots this layer's cache attends to, and the first one's column (a rolled sliding window)
+        keys, offset = (past + queries, 0) if index is None else attended_span(cache, index, queries, past == 0,
+                                                                                  past + queries)
         if isinstance(mask, torch.Tensor):
             if mask.ndim != 4:
                 raise RuntimeError(f"proportional attention needs a 4-D attention mask, got {tuple(mask.shape)}")
             queries, keys = mask.shape[-2:]
-        else:  # no mask (causal, nothing masked): the keys are the slots the layer's cache will attend to
-            index = getattr(getattr(module, "self_attn", None), "layer_idx", None)
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            keys = past + queries if index is None else attended_width(cache, index, queries, past == 0, past + queries)
-        key = (None if mask is None else id(mask), keys)
+        key = (None if mask is None else id(mask), keys, offset)
         if key not in self._biased:
             hidden = args[0] if args else kwargs["hidden_states"]
-            self._biased[key] = biased_mask(mask, self.bias, batch, queries, keys, past, hidden.dtype)
+            self._biased[key] = biased_mask(mask, self.bias, batch, queries, keys, past, hidden.dtype, offset)
         kwargs["attention_mask"] = self._biased[key]
         return args, kwargs
