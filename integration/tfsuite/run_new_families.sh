@@ -6,7 +6,8 @@
 #   TRANSFORMERS_CHECKOUT  a local transformers source tree; its tests/models/<family>/test_modeling_<family>.py
 #                          (and any tests/models/<m>/test_modeling_<m>.py they import) are run
 #   CONFIG                 any of: base (unpatched), id (fastervlm keep=1.0), pre (fastervlm keep=0.5, generate's
-#                          shape checks relaxed); default: base id pre. base always runs first when id/pre do.
+#                          shape checks relaxed), merge (divrelay keep=0.5: merged tokens with proportional
+#                          attention, relaxed as pre); default: base id pre. base always runs first when others do.
 # Environment: TFSUITE_TREE (default ../shared/tfsuite/tree.tar.gz next to the checkout), TFS_DEPS (a folder
 # holding parameterized, httpx, requests when .venv lacks them), TFS_SUITES (default: the four), TFS_KEEP=1 keeps
 # the work folder (printed). No network: nothing is downloaded or installed.
@@ -65,10 +66,11 @@ run() {  # suite config
       base) env -u VTR_REDUCER -u VTR_KEEP -u VTR_RELAX_SHAPES -u VTR_EXTRA "$PY" -m pytest "tests/models/$1/test_modeling_$1.py" -q -p no:cacheprovider -k "not slow" --disable-warnings --junitxml="$W/$1.$2.xml" ;;
       id)   VTR_REDUCER=fastervlm VTR_KEEP=1.0 "$PY" -m pytest "tests/models/$1/test_modeling_$1.py" -q -p no:cacheprovider -k "not slow" --disable-warnings --junitxml="$W/$1.$2.xml" ;;
       pre)  VTR_REDUCER=fastervlm VTR_KEEP=0.5 VTR_RELAX_SHAPES=1 "$PY" -m pytest "tests/models/$1/test_modeling_$1.py" -q -p no:cacheprovider -k "not slow" --disable-warnings --junitxml="$W/$1.$2.xml" ;;
+      merge) VTR_REDUCER=divrelay VTR_KEEP=0.5 VTR_RELAX_SHAPES=1 "$PY" -m pytest "tests/models/$1/test_modeling_$1.py" -q -p no:cacheprovider -k "not slow" --disable-warnings --junitxml="$W/$1.$2.xml" ;;
     esac > "$W/$1.$2.log" 2>&1 )
 }
-case " $CONFIGS " in *" id "*|*" pre "*) case " $CONFIGS " in *" base "*) ;; *) CONFIGS="base $CONFIGS" ;; esac ;; esac
-ORDERED=""; for c in base id pre; do case " $CONFIGS " in *" $c "*) ORDERED="$ORDERED $c" ;; esac; done
+case " $CONFIGS " in *" id "*|*" pre "*|*" merge "*) case " $CONFIGS " in *" base "*) ;; *) CONFIGS="base $CONFIGS" ;; esac ;; esac
+ORDERED=""; for c in base id pre merge; do case " $CONFIGS " in *" $c "*) ORDERED="$ORDERED $c" ;; esac; done
 for s in $HAVE; do for c in $ORDERED; do run "$s" "$c"; done; done  # one at a time: small machines
 
 # shape checks against the unreduced prompt (run.sh's list), legitimately different once tokens are removed, and
