@@ -191,6 +191,13 @@ def test_openai_content_and_base64_round_trip(llava):
     assert half.dtype == torch.float16 and half.shape == prompt.image_embeds[0].shape
 
 
+def reduced_count(keep, inputs, model):
+    """``keep_count`` of the prompt's placeholders (one image)."""
+    from vtr.ops.selection import keep_count
+
+    return keep_count(keep, int((inputs["input_ids"][0] == model.config.image_token_id).sum()))
+
+
 def test_refusals_name_the_reason(llava):
     model, processor = llava
     inputs = example_inputs(processor, "llava", batch=1)
@@ -202,6 +209,10 @@ def test_refusals_name_the_reason(llava):
         serving.export(model, inputs, "aim", keep=0.5)
     with pytest.raises(ValueError, match="need reducer"):
         serving.export(model, inputs, keep=0.5)
+    with pytest.raises(ValueError, match="proportional attention.*proportional=False"):
+        serving.export(model, inputs, "divrelay", keep=0.1)
+    (merged,) = serving.export(model, inputs, "divrelay", keep=0.1, proportional=False)  # plain merged rows export
+    assert sum(merged.rows) == reduced_count(0.1, inputs, model)
     with vtr.patched(model, "fastervlm", keep=0.1):
         with pytest.raises(ValueError, match="already patched"):
             serving.export(model, inputs, "random")

@@ -109,7 +109,8 @@ def export(model, inputs: dict, reducer=None, **config) -> list[ReducedPrompt]:
         one :class:`ReducedPrompt` per row; ``model.vtr.stats`` (while patched) describes the call,
         and ``visual_tokens_out[b] == sum(rows)`` of row ``b``.
     Raises ``ValueError`` for a family or reducer that cannot be exported (Qwen2-VL: see
-    :data:`REFUSED_FAMILIES`; in-LLM reducers such as fastv), before anything runs.
+    :data:`REFUSED_FAMILIES`; in-LLM reducers such as fastv; merged tokens weighed by proportional
+    attention, ``divrelay``'s default), before anything runs on the LLM.
     """
     if reducer is not None:
         if is_patched(model):
@@ -129,6 +130,12 @@ def export(model, inputs: dict, reducer=None, **config) -> list[ReducedPrompt]:
     with torch.no_grad():
         reduced = reduce_call(handle, call, for_generate=True)
     stats = handle.stats
+    if stats.key_bias is not None:  # known only once the plan is made: nothing has run on the LLM yet
+        raise ValueError(
+            f"reducer {handle.reducer!r} weighs its merged tokens inside the LLM (proportional attention: a log-size "
+            "bias on their attention logits, model.vtr.stats.key_bias); an engine fed embeddings cannot take that bias, "
+            "so it would not run the patched model: export with proportional=False"
+        )
     features = list(reduced["mm_encoder_outputs"]["image"].pooler_output)
     token_id = handle.model.config.image_token_id
     ids, mask = reduced["input_ids"], reduced.get("attention_mask")
