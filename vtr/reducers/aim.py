@@ -197,11 +197,7 @@ class AIM(Reducer):
         return keep_count(ratio, n)
 
     def depth(self) -> int:
-        info = self.config.model_info
-        if info is None:
-            raise ValueError("aim derives its merge ratio from the LLM's depth; patch a model with vtr.patch "
-                             "(or bind the config: config.bind(vtr.config.ModelInfo(...)))")
-        return info.llm_layers
+        return self.llm_depth("aim derives its merge ratio")
 
     def share(self, n_layers: int) -> float:
         """``S``: the mean share the pruning schedule leaves on ``n_layers`` layers (1 without pruning)."""

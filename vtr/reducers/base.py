@@ -66,6 +66,15 @@ class Reducer:
         """Patch tokens to keep in ``view`` under ``config.keep``."""
         return keep_count(self.config.keep, view.n_patches)
 
+    def llm_depth(self, needs: str) -> int:
+        """The LLM's decoder depth from the bound model info; ``needs``: what the reducer derives from it (the
+        error's subject when the config is not bound to a model)."""
+        info = self.config.model_info
+        if info is None:
+            raise ValueError(f"{needs} from the LLM's depth; patch a model with vtr.patch "
+                             "(or bind the config: config.bind(vtr.config.ModelInfo(...)))")
+        return info.llm_layers
+
     def signals_read(self) -> frozenset[Signal]:
         """The signals this reducer, with its current config, reads from the adapter."""
         return frozenset(self.reads) | frozenset(self.vision_signals)

@@ -236,11 +236,7 @@ class DivRelay(Reducer):
     config_class = DivRelayConfig
 
     def depth(self) -> int:
-        info = self.config.model_info
-        if info is None:
-            raise ValueError("divrelay sizes its pool from the LLM's depth; patch a model with vtr.patch "
-                             "(or bind the config: config.bind(vtr.config.ModelInfo(...)))")
-        return info.llm_layers
+        return self.llm_depth("divrelay sizes its pool")
 
     def identity(self) -> bool:
         keep = self.config.keep
