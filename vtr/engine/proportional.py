@@ -101,7 +101,7 @@ def check_implementation(adapter) -> None:
 
 
 def biased_mask(mask, bias: torch.Tensor, batch: int, queries: int, keys: int, past: int,
-                dtype: torch.dtype, offset: int = 0) -> torch.Tensor:
+                dtype: torch.dtype, offset: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
     """The layer's attention mask as an additive float mask ``(batch, 1, queries, keys)`` plus the key bias.
 
     Args:
@@ -112,10 +112,11 @@ def biased_mask(mask, bias: torch.Tensor, batch: int, queries: int, keys: int, p
             buffer) get none.
         past: cached entries before this step's queries (placing the causal rule when ``mask`` is None).
         offset: key slot ``s`` holds sequence entry ``offset + s`` (a rolled sliding-window cache).
+        device: where the hidden states are (the causal mask built when ``mask`` is None goes there).
     """
     if mask is None:
-        rows = torch.arange(past, past + queries)[:, None]
-        allowed = torch.arange(offset, offset + keys)[None, :] <= rows
+        rows = torch.arange(past, past + queries, device=device)[:, None]
+        allowed = torch.arange(offset, offset + keys, device=device)[None, :] <= rows
         mask = allowed[None, None].expand(batch, 1, -1, -1)
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
@@ -184,6 +185,7 @@ class ProportionalAttention:
         key = (None if mask is None else id(mask), keys, offset)
         if key not in self._biased:
             hidden = args[0] if args else kwargs["hidden_states"]
-            self._biased[key] = biased_mask(mask, self.bias, batch, queries, keys, past, hidden.dtype, offset)
+            self._biased[key] = biased_mask(mask, self.bias, batch, queries, keys, past, hidden.dtype, offset,
+                                            hidden.device)
         kwargs["attention_mask"] = self._biased[key]
         return args, kwargs
