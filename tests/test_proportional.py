@@ -231,3 +231,9 @@ def test_a_rolled_sliding_window_keeps_each_slot_s_bias():
                     call[key] = torch.nn.functional.pad(inputs[key], (0, step))
             logits = model(**call, use_cache=False).logits[:, -1]
             torch.testing.assert_close(out.logits[step], logits, rtol=0, atol=1e-4)
+
+
+def test_a_mask_free_layer_gets_its_mask_on_the_hidden_states_device():
+    """Without a model mask the causal mask is built where the hidden states are (``meta`` stands in for a GPU)."""
+    got = biased_mask(None, torch.zeros(1, 4), 1, 2, 4, 2, torch.float32, device="meta")
+    assert got.device.type == "meta" and got.shape == (1, 1, 2, 4)
